@@ -1,0 +1,1 @@
+"""bpfree-bench: the harness (data, architectures, the training loop, measurement, tuning, reports)."""

@@ -1,0 +1,201 @@
+"""Composing and checking configs, before anything trains.
+
+`preflight(argv)` expands the command line (and an experiment's own sweep) into every job it
+would launch, composes each with Hydra's compose API and checks it: method, architecture and
+dataset exist and fit together, every hyperparameter and training setting has the right type and
+range, the dataset is on disk (or may be downloaded), the results directory is writable. The first
+problem is raised as a one-line UserError; nothing has trained yet.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark import data as data_mod
+from benchmark.errors import UserError
+from benchmark.loop import TrainConfig
+from benchmark.meters import MeasureConfig
+from benchmark.validate import check_fields
+
+CONFIG_DIR = Path(os.environ.get("BPFREE_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+TOP_LEVEL = {
+    "method", "arch", "dataset", "mode", "experiment_name", "seed", "device", "results_dir", "data", "train",
+    "measure", "tuning", "references", "skip_unsupported", "experiment",
+}
+
+
+@dataclass
+class TrainSchema:
+    epochs: int = field(metadata={"ge": 1})
+    batch_size: int = field(metadata={"ge": 1})
+    eval_batch_size: int = field(metadata={"ge": 1})
+    patience: int = field(metadata={"ge": 0})
+    min_delta: float = field(metadata={"ge": 0})
+    restore_best: bool = field(metadata={})
+
+
+@dataclass
+class MeasureSchema:
+    energy: str = field(metadata={"choices": ("auto", "nvml", "rapl", "codecarbon", "none")})
+    emissions: bool = field(metadata={})
+    country_iso_code: str = field(metadata={})
+    nvml_interval_s: float = field(metadata={"gt": 0})
+    rapl_root: str = field(metadata={})
+    cooldown_s: float = field(metadata={"ge": 0})
+    flops: bool = field(metadata={})
+
+
+@dataclass
+class DatasetSchema:
+    name: str = field(metadata={})
+    val_size: int = field(metadata={"ge": 1})
+    split_seed: int = field(metadata={"ge": 0})
+
+
+@dataclass
+class Checked:
+    """A composed config, checked, with its parts as typed objects."""
+
+    cfg: DictConfig
+    method_cls: type
+    hp: object
+    train: TrainConfig
+    measure: MeasureConfig
+    device: torch.device
+    supported: bool = True
+
+
+def to_dict(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"device={spec!r} is not a device", "use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={spec} but CUDA is not available here", "use device=auto or device=cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device={spec} is not supported", "use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def check(cfg: DictConfig) -> Checked:
+    """Check one composed config; raise a one-line UserError on the first problem."""
+    import methods
+
+    unknown = sorted(set(cfg.keys()) - TOP_LEVEL)
+    if unknown:
+        raise UserError(f"'{unknown[0]}' is not a known setting", "see configs/config.yaml for the settings")
+    seed = cfg.seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UserError(f"seed={seed!r} must be a non-negative integer", "give e.g. seed=0")
+    if cfg.mode not in ("run", "tune"):
+        raise UserError(f"mode={cfg.mode!r} is not a mode", "use mode=run or mode=tune")
+    method_cls = methods.get(cfg.method.name)
+    hp = methods.check_hyperparameters(method_cls.Hyper, to_dict(cfg.method.hp), cfg.method.name)
+    arch = to_dict(cfg.arch)
+    supported = True
+    try:
+        method_cls.check_arch(arch)
+    except UserError:
+        if not cfg.skip_unsupported:
+            raise
+        supported = False
+    train = TrainConfig(**vars(check_fields("train", TrainSchema, to_dict(cfg.train), "configs/config.yaml")))
+    measure = MeasureConfig(**vars(check_fields("measure", MeasureSchema, to_dict(cfg.measure), "configs/config.yaml")))
+    dataset = check_fields("dataset", DatasetSchema, to_dict(cfg.dataset), "configs/dataset/")
+    data_mod.check_available(dataset.name, cfg.data.root, bool(cfg.data.download))
+    device = resolve_device(str(cfg.device))
+    check_writable(Path(cfg.results_dir) / cfg.experiment_name)
+    if cfg.mode == "tune":
+        from benchmark import tuning
+
+        tuning.check_settings(cfg)
+    return Checked(cfg, method_cls, hp, train, measure, device, supported)
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"results directory {folder} is not writable ({err.strerror or err})",
+            "set results_dir= to a writable folder or fix its permissions",
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Expanding a command line into the jobs it launches, with Hydra's own parser.
+
+
+def _compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides, return_hydra_config=with_hydra)
+    except HydraException as err:
+        raise _one_line(err) from None
+    except Exception as err:  # OmegaConf errors (a bad interpolation, a wrong type in a merge)
+        raise UserError(f"config error: {str(err).splitlines()[0]}", "check the override's key and value") from None
+
+
+def _one_line(err: Exception) -> UserError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    for group in ("method", "arch", "dataset", "experiment"):
+        if f"'{group}/" in first and ("Could not find" in first or "not found" in first):
+            options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+            return UserError(first.rstrip("."), f"choose one of {group}: {', '.join(options)}")
+    if "Could not override" in first or "not in struct" in first:
+        return UserError(first.rstrip("."), "check the key's spelling (configs/config.yaml lists the settings) or add it with +key=value")
+    return UserError(first.rstrip("."), "check the command-line overrides")
+
+
+def expand(argv: list[str]) -> list[list[str]]:
+    """The override lists of every job `argv` launches (one, unless -m or an experiment sweeps)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    args = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception as err:
+        raise _one_line(err) from None
+    base = [o.input_line for o in parsed if not o.is_sweep_override()]
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if sweeps and not multirun:
+        raise UserError(f"'{sweeps[0].input_line}' is a sweep but -m was not given", "add -m (multirun)")
+    full = _compose(base, with_hydra=True)
+    if full.hydra.mode is not None and str(full.hydra.mode).endswith("MULTIRUN"):
+        multirun = True
+    axes = []
+    if multirun:
+        experiment_params = full.hydra.sweeper.get("params") or {}
+        swept_keys = {o.get_key_element() for o in sweeps}
+        for key, values in experiment_params.items():
+            if key not in swept_keys and key not in {o.get_key_element() for o in parsed}:
+                axes.append([f"{key}={v.strip()}" for v in str(values).split(",")])
+        for o in sweeps:
+            axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+    return [base + list(combo) for combo in itertools.product(*axes)] if axes else [base]
+
+
+def preflight(argv: list[str]) -> list[Checked]:
+    """Compose and check every job of `argv`. Raises UserError before anything trains."""
+    jobs = [check(_compose(overrides)) for overrides in expand(argv)]
+    if not any(job.supported for job in jobs):
+        raise UserError("no job of this grid can run: every method x arch pair is unsupported", "fix the grid's arch list")
+    return jobs

@@ -1,0 +1,302 @@
+"""Datasets as tensors on the run's device.
+
+Every dataset is read once into uint8/float arrays, fingerprinted, split into train / validation
+(held out of the training set, seeded) / test, normalised with the training split's per-channel
+statistics and moved to the device. Training batches are index slices of a seeded permutation
+(`batches`): no per-sample Dataset or DataLoader in the training path, which is what makes an
+MNIST epoch cost about as much as the model's arithmetic (see `make perf`).
+
+The test split is only read by the final evaluation (`loop.evaluate_test`); tuning never sees it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from benchmark.errors import UserError
+
+# sha256 of the raw arrays (train images, train labels, test images, test labels, in that order,
+# images as uint8 in N x H x W (x C) layout, labels as int64) of each canonical release. MNIST's were
+# computed from the idx files whose md5 matches the original release (../shared/data/prepare.py
+# checks it); Fashion-MNIST's from the Debian package of the original files; digits' from the copy
+# inside scikit-learn. A dataset whose fingerprint is absent here is recorded as "unknown".
+CANONICAL_SHA256 = {
+    "mnist": "1e35582d42a90940c55b956deb61875c020b567ed20e3c5b174f52bf7809ed9b",
+    "fashion_mnist": "ece172613115fb18b120bec8f6c02271af90b8b8f0a5af5c51cbd5ceed68e619",
+    "digits": "ee9c3d4a0b70c8eea0d6df59494c03776008444f01c603039ee3692ee39d99e9",
+}
+
+
+@dataclass
+class RawDataset:
+    """Unnormalised arrays as released: images uint8 (N, C, H, W), labels int64 (N,)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    canonical_basis: str = "sha256 table in benchmark/data.py"
+
+
+@dataclass
+class Splits:
+    """Normalised tensors on the device, plus what the results record about them."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    info: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Loaders: one function per dataset, registered by name.
+
+LOADERS: dict[str, Callable[[Path, bool], RawDataset]] = {}
+
+
+def loader(name: str):
+    def register(fn):
+        LOADERS[name] = fn
+        return fn
+
+    return register
+
+
+def _missing(name: str, root: Path, err: Exception) -> UserError:
+    return UserError(
+        f"dataset '{name}' not found under {root} ({type(err).__name__}: {str(err).splitlines()[0][:120]})",
+        "set data.root (or env BPFREE_DATA) to a folder made by `python ../shared/data/prepare.py DIR`, "
+        "or allow data.download=true on a machine with internet",
+    )
+
+
+def _torchvision_pair(cls, name: str, root: Path, download: bool) -> tuple:
+    try:
+        return cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
+    except Exception as err:  # torchvision raises RuntimeError offline, URLError/HTTPError online
+        raise _missing(name, root, err) from None
+
+
+def _as_nchw(images: np.ndarray) -> np.ndarray:
+    return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+
+
+def _from_torchvision(cls, name: str, root: Path, download: bool, num_classes: int, basis: str) -> RawDataset:
+    train, test = _torchvision_pair(cls, name, root, download)
+    to_np = lambda a: a.numpy() if torch.is_tensor(a) else np.asarray(a)  # noqa: E731
+    return RawDataset(
+        _as_nchw(to_np(train.data)).astype(np.uint8),
+        np.asarray(train.targets, dtype=np.int64),
+        _as_nchw(to_np(test.data)).astype(np.uint8),
+        np.asarray(test.targets, dtype=np.int64),
+        num_classes,
+        basis,
+    )
+
+
+@loader("mnist")
+def load_mnist(root: Path, download: bool) -> RawDataset:
+    from torchvision.datasets import MNIST
+
+    return _from_torchvision(MNIST, "mnist", root, download, 10, "sha256 table in benchmark/data.py")
+
+
+@loader("fashion_mnist")
+def load_fashion_mnist(root: Path, download: bool) -> RawDataset:
+    from torchvision.datasets import FashionMNIST
+
+    return _from_torchvision(FashionMNIST, "fashion_mnist", root, download, 10, "sha256 table in benchmark/data.py")
+
+
+@loader("cifar10")
+def load_cifar10(root: Path, download: bool) -> RawDataset:
+    from torchvision.datasets import CIFAR10
+
+    # torchvision refuses to load CIFAR batches whose md5 differs from the release's.
+    return _from_torchvision(CIFAR10, "cifar10", root, download, 10, "torchvision md5 check of the release files")
+
+
+@loader("cifar100")
+def load_cifar100(root: Path, download: bool) -> RawDataset:
+    from torchvision.datasets import CIFAR100
+
+    return _from_torchvision(CIFAR100, "cifar100", root, download, 100, "torchvision md5 check of the release files")
+
+
+@loader("cifar10_jpeg")
+def load_cifar10_jpeg(root: Path, download: bool) -> RawDataset:
+    """CIFAR-10 re-encoded as JPEG (lossy: never the canonical pixels), read with ImageFolder once and
+    cached as a .npz beside the images (or in the user cache when that folder is read-only)."""
+    from torchvision.datasets import ImageFolder
+
+    base = root / "cifar10-jpeg"
+    if not (base / "train").is_dir():
+        raise _missing("cifar10_jpeg", base, FileNotFoundError("no train/ folder"))
+    cache = _cache_path(base, "cifar10_jpeg.npz")
+    if cache.exists():
+        arrays = np.load(cache)
+        return RawDataset(*(arrays[k] for k in ("xtr", "ytr", "xte", "yte")), 10, "lossy JPEG copy: never canonical")
+    split = {}
+    for part in ("train", "test"):
+        folder = ImageFolder(str(base / part))
+        images = np.stack([np.asarray(folder.loader(p).convert("RGB")) for p, _ in folder.samples])
+        split[part] = (_as_nchw(images), np.asarray(folder.targets, dtype=np.int64))
+    raw = RawDataset(*split["train"], *split["test"], 10, "lossy JPEG copy: never canonical")
+    try:
+        np.savez(cache, xtr=raw.train_images, ytr=raw.train_labels, xte=raw.test_images, yte=raw.test_labels)
+    except OSError:
+        pass  # a read-only data folder only costs the decode next time
+    return raw
+
+
+def _cache_path(base: Path, name: str) -> Path:
+    if os.access(base, os.W_OK):
+        return base / name
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bpfree-bench"
+    user_cache.mkdir(parents=True, exist_ok=True)
+    return user_cache / name
+
+
+@loader("digits")
+def load_digits(root: Path, download: bool) -> RawDataset:
+    """scikit-learn's 8x8 digits (1797 images, 16 grey levels), shipped inside scikit-learn. It has no
+    official test split: the last 297 images are the test set, always the same."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    images = (bunch.images * 255.0 / 16.0).round().astype(np.uint8)[:, None]
+    labels = bunch.target.astype(np.int64)
+    return RawDataset(images[:1500], labels[:1500], images[1500:], labels[1500:], 10)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def fingerprint(raw: RawDataset) -> str:
+    digest = hashlib.sha256()
+    for array in (raw.train_images, raw.train_labels, raw.test_images, raw.test_labels):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def canonical_status(name: str, raw: RawDataset, sha: str) -> bool | None:
+    """True/False where we know the release's fingerprint; None where we cannot tell."""
+    if name == "cifar10_jpeg":
+        return False
+    if name in ("cifar10", "cifar100"):
+        return True  # torchvision verified the release md5 before handing the arrays over
+    known = CANONICAL_SHA256.get(name)
+    return (sha == known) if known else None
+
+
+def resolve_root(root: str | os.PathLike) -> Path:
+    return Path(os.path.expanduser(str(root))).resolve()
+
+
+# Where each torchvision-style dataset's files sit under data.root, for a check before training.
+EXPECTED_PATHS = {
+    "mnist": "MNIST/raw/train-images-idx3-ubyte",
+    "fashion_mnist": "FashionMNIST/raw/train-images-idx3-ubyte",
+    "cifar10": "cifar-10-batches-py/data_batch_1",
+    "cifar100": "cifar-100-python/train",
+    "cifar10_jpeg": "cifar10-jpeg/train",
+}
+DOWNLOADABLE = {"mnist", "fashion_mnist", "cifar10", "cifar100"}
+
+
+def check_available(name: str, root, download: bool) -> None:
+    """Raise the one-line UserError now, rather than after other runs have trained, when a dataset
+    is neither on disk nor allowed to be downloaded."""
+    if name not in LOADERS:
+        raise UserError(f"unknown dataset '{name}'", f"choose one of: {', '.join(sorted(LOADERS))}")
+    expected = EXPECTED_PATHS.get(name)
+    if expected is None or (download and name in DOWNLOADABLE):
+        return
+    path = resolve_root(root) / expected
+    if not path.exists():
+        how = "allow data.download=true (needs internet) or " if name in DOWNLOADABLE else ""
+        raise UserError(
+            f"dataset '{name}' not found: looked for {path}",
+            f"{how}set data.root (or env BPFREE_DATA) to a folder made by `python ../shared/data/prepare.py DIR`",
+        )
+
+
+def load_raw(name: str, root: str | os.PathLike, download: bool) -> RawDataset:
+    if name not in LOADERS:
+        raise UserError(f"unknown dataset '{name}'", f"choose one of: {', '.join(sorted(LOADERS))}")
+    return LOADERS[name](resolve_root(root), download)
+
+
+def load_splits(name: str, root, download: bool, val_size: int, split_seed: int, device: torch.device) -> Splits:
+    """Load, fingerprint, split, normalise and move one dataset to `device`."""
+    raw = load_raw(name, root, download)
+    sha = fingerprint(raw)
+    n_train_all = len(raw.train_labels)
+    if not 0 < val_size < n_train_all:
+        raise UserError(
+            f"data.val_size={val_size} is out of range for '{name}' ({n_train_all} training images)",
+            f"use a value between 1 and {n_train_all - 1}",
+        )
+    order = np.random.default_rng(split_seed).permutation(n_train_all)
+    val_idx, train_idx = order[:val_size], order[val_size:]
+
+    train_images = torch.from_numpy(raw.train_images[train_idx]).to(device)
+    mean, std = _channel_stats(train_images)
+
+    def prepare(images: np.ndarray) -> torch.Tensor:
+        return ((torch.from_numpy(images).to(device).float() / 255.0) - mean) / std
+
+    labels = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    info = {
+        "name": name,
+        "root": str(resolve_root(root)),
+        "sha256": sha,
+        "canonical": canonical_status(name, raw, sha),
+        "canonical_basis": raw.canonical_basis,
+        "n_train": len(train_idx),
+        "n_val": len(val_idx),
+        "n_test": len(raw.test_labels),
+        "val_size": val_size,
+        "split_seed": split_seed,
+        "input_shape": list(raw.train_images.shape[1:]),
+        "normalisation": {"mean": mean.flatten().tolist(), "std": std.flatten().tolist(), "from": "training split"},
+    }
+    return Splits(
+        train_x=((train_images.float() / 255.0) - mean) / std,
+        train_y=labels(raw.train_labels[train_idx]),
+        val_x=prepare(raw.train_images[val_idx]),
+        val_y=labels(raw.train_labels[val_idx]),
+        test_x=prepare(raw.test_images),
+        test_y=labels(raw.test_labels),
+        num_classes=raw.num_classes,
+        info=info,
+    )
+
+
+def _channel_stats(images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = images_uint8.float() / 255.0
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)[0:1]
+    std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return mean, std
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+    """Index tensors of one epoch: a seeded permutation cut into batches (the last one may be short)."""
+    order = torch.randperm(n, generator=generator, device="cpu").to(device)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]

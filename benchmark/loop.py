@@ -1,0 +1,201 @@
+"""The one training loop, for every method.
+
+Per phase the method declares: `start_phase`, then epochs of `train_step` over index-sliced batches
+of the preloaded training tensors, validation after every epoch, early stopping on validation
+accuracy (patience, min_delta; the best state is restored at the end of the phase). A non-finite
+training loss ends the run with status "diverged". After the last phase, the test set is
+evaluated once, unless the caller is a tuning trial (which never sees the test set).
+
+Cost discipline: the loss is summed on the device and read once per epoch (one sync per epoch,
+not per step); FLOPs are counted on the first step of each phase and the first evaluation batch
+only, then scaled by what was run.
+"""
+from __future__ import annotations
+
+import math
+import random
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmark.data import Splits, batches
+from benchmark.meters import Meters
+from methods import Method
+
+
+class Pruned(Exception):
+    """Raised by an `on_epoch` callback to stop a trial that a pruner gave up on."""
+
+
+class BudgetExhausted(Exception):
+    """Raised by an `on_epoch` callback when a wall-time or energy cap is reached."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    patience: int  # epochs without improvement before stopping; 0 turns early stopping off
+    min_delta: float  # an improvement smaller than this (in accuracy, 0..1) does not count
+    restore_best: bool
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(method: Method, x: torch.Tensor, y: torch.Tensor, batch_size: int, meters: Meters, flops_key: str):
+    """(accuracy, mean cross-entropy of the method's class scores) over x, y.
+
+    Evaluation FLOPs per sample are counted once per `flops_key` (the phase: prediction can change
+    between phases) and added for every sample evaluated."""
+    method.train(False)
+    correct, loss_sum = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        if start == 0 and flops_key not in meters.eval_flops_per_sample:
+            scores, flops = meters.measure_flops(lambda: method.predict(xb))
+            meters.eval_flops_per_sample[flops_key] = flops / len(yb)
+        else:
+            scores = method.predict(xb)
+        correct += (scores.argmax(1) == yb).sum()
+        loss_sum += F.cross_entropy(scores.float(), yb, reduction="sum")
+    method.train(True)
+    meters.add_flops("eval", meters.eval_flops_per_sample.get(flops_key, 0) * len(y))
+    return correct.item() / len(y), loss_sum.item() / len(y)
+
+
+def progress_bar(total: int, desc: str):
+    """tqdm on a terminal, nothing otherwise (logs and CI stay clean)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not sys.stdout.isatty(), leave=False, dynamic_ncols=True)
+
+
+def train(
+    method: Method,
+    data: Splits,
+    cfg: TrainConfig,
+    meters: Meters,
+    seed: int,
+    evaluate_test: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+    desc: str = "",
+) -> dict:
+    """Train `method` on `data` and return the run's metrics (see benchmark/results.py)."""
+    order = torch.Generator().manual_seed(seed)
+    n = len(data.train_y)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    history: list[dict] = []
+    status, stop_reason, error = "completed", "max_epochs", None
+    best_acc, best_epoch, samples_seen, epoch_no = -1.0, 0, 0, 0
+    phases = method.phases(cfg.epochs)
+    bar = progress_bar(sum(p.epochs for p in phases), desc)
+    try:
+        for phase in phases:
+            with meters.window("train"):
+                _, flops = meters.measure_flops(
+                    lambda: method.start_phase(phase, data.train_x, data.train_y, phase.epochs * steps_per_epoch)
+                )
+                meters.add_flops("train", flops)
+            step_flops_per_sample = None
+            phase_best, phase_state, bad_epochs = -1.0, None, 0
+            phase_reason = "max_epochs"
+            for _ in range(phase.epochs):
+                epoch_no += 1
+                t0 = meters.seconds["train"] + meters.seconds["eval"]
+                with meters.window("train"):
+                    loss_sum = torch.zeros((), device=data.train_x.device)
+                    for step, idx in enumerate(batches(n, cfg.batch_size, order, data.train_x.device)):
+                        x, y = data.train_x[idx], data.train_y[idx]
+                        if step_flops_per_sample is None:
+                            loss, flops = meters.measure_flops(lambda: method.train_step(x, y, idx))
+                            step_flops_per_sample = flops / len(idx)
+                        else:
+                            loss = method.train_step(x, y, idx)
+                        loss_sum += loss
+                    train_loss = loss_sum.item() / steps_per_epoch  # the epoch's one sync
+                samples_seen += n
+                meters.add_flops("train", step_flops_per_sample * n)
+                if not math.isfinite(train_loss):
+                    status, stop_reason = "diverged", "non-finite training loss"
+                    error = f"training loss became {train_loss} in epoch {epoch_no} (phase {phase.name})"
+                    history.append(_epoch_record(epoch_no, phase.name, train_loss, None, None, meters, t0))
+                    break
+                with meters.window("eval"):
+                    val_acc, val_loss = evaluate(method, data.val_x, data.val_y, cfg.eval_batch_size, meters, phase.name)
+                record = _epoch_record(epoch_no, phase.name, train_loss, val_acc, val_loss, meters, t0)
+                history.append(record)
+                bar.update(1)
+                bar.set_postfix(phase=phase.name, loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
+                if val_acc > phase_best + cfg.min_delta:
+                    phase_best, bad_epochs = val_acc, 0
+                    best_acc, best_epoch = val_acc, epoch_no
+                    if cfg.restore_best:
+                        phase_state = method.state_dict()
+                else:
+                    bad_epochs += 1
+                if on_epoch is not None:
+                    on_epoch(record)  # may raise Pruned or BudgetExhausted
+                if cfg.patience and bad_epochs >= cfg.patience:
+                    phase_reason = "early_stopping"
+                    break
+            if status != "completed":
+                break
+            stop_reason = phase_reason
+            if cfg.restore_best and phase_state is not None:
+                method.load_state_dict(phase_state)
+    except Pruned as err:
+        status, stop_reason, error = "pruned", "pruned", str(err) or "pruned by the tuner"
+    except BudgetExhausted as err:
+        stop_reason = f"budget: {err}"
+    finally:
+        bar.close()
+
+    metrics = {
+        "epochs_run": epoch_no,
+        "best_epoch": best_epoch,
+        "stop_reason": stop_reason,
+        "history": history,
+        "val_accuracy": None,
+        "val_loss": None,
+        "test_accuracy": None,
+        "test_loss": None,
+        "train_samples": samples_seen,
+        "extra": {},
+    }
+    if status == "completed":
+        with meters.window("eval"):
+            final = phases[-1].name
+            metrics["val_accuracy"], metrics["val_loss"] = evaluate(
+                method, data.val_x, data.val_y, cfg.eval_batch_size, meters, final
+            )
+            if evaluate_test:
+                metrics["test_accuracy"], metrics["test_loss"] = evaluate(
+                    method, data.test_x, data.test_y, cfg.eval_batch_size, meters, final
+                )
+        metrics["extra"] = method.extra_metrics()
+    elif history and history[-1]["val_accuracy"] is not None:
+        metrics["val_accuracy"] = max(h["val_accuracy"] for h in history if h["val_accuracy"] is not None)
+    return {"status": status, "error": error, "metrics": metrics}
+
+
+def _epoch_record(epoch, phase, train_loss, val_acc, val_loss, meters: Meters, t0: float) -> dict:
+    return {
+        "epoch": epoch,
+        "phase": phase,
+        "train_loss": train_loss,
+        "val_accuracy": val_acc,
+        "val_loss": val_loss,
+        "seconds": meters.seconds["train"] + meters.seconds["eval"] - t0,
+        "train_seconds_cum": meters.seconds["train"],
+        "energy_j_cum": meters.joules["train"] + meters.joules["eval"],
+    }

@@ -1,0 +1,125 @@
+"""The results schema: one JSON record per run, one line each, in <results_dir>/<experiment>/runs.jsonl.
+
+Every method, every trial, every final run writes the same record (schema version 1):
+
+    schema_version   1
+    run_id           unique id (uuid4 hex)
+    kind             "run" (a single `python -m benchmark` run), "trial" (an Optuna trial), "final"
+    status           "completed" | "diverged" (NaN/inf loss) | "pruned" | "failed"
+    error            one line, for diverged/failed/pruned runs; null otherwise
+    experiment, cell method, arch, dataset, seed
+    trial            {study, number, storage} for trials and finals; null for single runs
+    config           the fully resolved config of the run
+    budget           the tuning budget of the experiment (trials, max epochs, seeds, caps)
+    metrics          val_accuracy, val_loss, test_accuracy, test_loss (null when not evaluated),
+                     epochs_run, best_epoch, stop_reason, history [{epoch, phase, train_loss,
+                     val_accuracy, val_loss, seconds}], extra (method-specific)
+    measurements     {name: {value, unit, source, estimated, ...}}: energy_train, energy_eval,
+                     emissions, time_total, time_train, time_eval, time_per_epoch, peak_memory,
+                     flops_train, flops_eval, throughput_train (see benchmark/meters.py)
+    data             name, sha256, canonical, canonical_basis, n_train/n_val/n_test, split seed, ...
+    environment      git sha, package versions, python, device, CPU and GPU model, hostname
+    started_at, finished_at   ISO 8601 UTC
+
+Writes are atomic: each record is one `write` of a whole line on a file opened O_APPEND, under an
+exclusive flock, then fsync'd. A killed writer leaves either the whole line or nothing; two
+writers never interleave.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.errors import UserError
+
+SCHEMA_VERSION = 1
+STATUSES = ("completed", "diverged", "pruned", "failed")
+
+
+def runs_file(results_dir: str | os.PathLike, experiment: str) -> Path:
+    return Path(results_dir) / experiment / "runs.jsonl"
+
+
+def _clean(value):
+    """JSON has no NaN/inf: store them as null (the status says why)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def encode(record: dict) -> bytes:
+    return (json.dumps(_clean(record), sort_keys=True, default=str, allow_nan=False) + "\n").encode()
+
+
+def append(path: str | os.PathLike, record: dict) -> None:
+    """Append one record atomically (see module docstring)."""
+    missing = {"schema_version", "run_id", "status"} - set(record)
+    if missing:
+        raise ValueError(f"record lacks {sorted(missing)}")
+    line = encode(record)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _repair_tail(fd, path)
+        written = os.write(fd, line)
+        if written != len(line):  # disk full mid-line: cut the partial line back off
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
+            raise OSError(f"short write to {path} ({written} of {len(line)} bytes)")
+        os.fsync(fd)
+    except OSError as err:
+        raise UserError(f"cannot write results to {path} ({err.strerror or err})", "free space or fix permissions, then re-run: finished runs are kept") from None
+    finally:
+        os.close(fd)
+
+
+def _repair_tail(fd: int, path: Path) -> None:
+    """A file whose last byte is not a newline ends in a torn line (a writer died in a very old
+    version, or the disk filled): end it, so the next record starts on a line of its own."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        os.write(fd, b"\n")
+
+
+def read_records(path: str | os.PathLike, strict: bool = False) -> list[dict]:
+    """All records of a runs.jsonl. A line that does not parse is skipped with a warning (or raises
+    a UserError naming the file and line when `strict`)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                records.append(json.loads(raw))
+            except json.JSONDecodeError:
+                if strict:
+                    raise UserError(f"{path}:{number} is not a JSON record", "delete or repair that line") from None
+                import warnings
+
+                warnings.warn(f"{path}:{number}: skipped a line that is not a JSON record", stacklevel=2)
+    return records
+
+
+def load(path: str | os.PathLike) -> pd.DataFrame:
+    """Records as a DataFrame: one row per run; nested fields flattened with dots
+    (metrics.test_accuracy, measurements.energy_train.value, ...)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "runs.jsonl"
+    records = read_records(path)
+    if not records:
+        return pd.DataFrame()
+    return pd.json_normalize(records, max_level=3)

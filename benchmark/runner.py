@@ -1,0 +1,113 @@
+"""One run, from a checked config to a record in runs.jsonl.
+
+`execute` is what a single `python -m benchmark ...` run, every Optuna trial and every final
+re-run call: load the data (once per process), seed, build the method, train through the one
+loop with the meters on, and append the record. An exception inside training (out of memory,
+a bug in a method) is recorded as status "failed" with its reason instead of taking the sweep down.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+import uuid
+from datetime import datetime, timezone
+
+import torch
+from omegaconf import OmegaConf
+
+from benchmark import data as data_mod
+from benchmark import environment, loop, results
+from benchmark.config import Checked, to_dict
+from benchmark.meters import Meters
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=2)
+def _splits(name: str, root: str, download: bool, val_size: int, split_seed: int, device: str):
+    return data_mod.load_splits(name, root, download, val_size, split_seed, torch.device(device))
+
+
+def load_data(job: Checked) -> data_mod.Splits:
+    cfg = job.cfg
+    return _splits(cfg.dataset.name, str(cfg.data.root), bool(cfg.data.download), int(cfg.dataset.val_size),
+                   int(cfg.dataset.split_seed), str(job.device))
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def cell_name(cfg) -> str:
+    return f"{cfg.method.name}__{cfg.arch.name}__{cfg.dataset.name}"
+
+
+def execute(
+    job: Checked,
+    *,
+    kind: str = "run",
+    seed: int | None = None,
+    hp=None,
+    on_epoch=None,
+    evaluate_test: bool = True,
+    trial: dict | None = None,
+    run_id: str | None = None,
+    write: bool = True,
+) -> dict:
+    """Train one run of `job` and append its record. `hp` replaces the config's hyperparameters
+    (a tuning trial's sample); `seed` replaces cfg.seed (finals)."""
+    cfg = job.cfg
+    seed = cfg.seed if seed is None else seed
+    hp = job.hp if hp is None else hp
+    started = now()
+    data = load_data(job)
+    loop.seed_everything(seed)
+    meters = None
+    try:
+        method = job.method_cls(to_dict(cfg.arch), data.input_shape, data.num_classes, hp, job.device)
+        meters = Meters(job.measure, job.device)
+        outcome = loop.train(method, data, job.train, meters, seed, evaluate_test, on_epoch, desc=cell_name(cfg))
+    except loop.Pruned:
+        raise
+    except Exception as err:  # noqa: BLE001 - any fault in a trial is recorded, the sweep goes on
+        if isinstance(err, torch.OutOfMemoryError) or isinstance(err, MemoryError):
+            reason = f"out of memory: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        else:
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        log.error("run failed: %s\n%s", reason, traceback.format_exc())
+        outcome = {"status": "failed", "error": reason, "metrics": {"history": [], "extra": {}}}
+    measurements = {}
+    if meters is not None:
+        metrics = outcome["metrics"]
+        epoch_seconds = [h["seconds"] for h in metrics.get("history", [])]
+        measurements = meters.summary(metrics.get("train_samples", 0), epoch_seconds)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["method"]["hp"] = dict(vars(hp))
+    record = {
+        "schema_version": results.SCHEMA_VERSION,
+        "run_id": run_id or uuid.uuid4().hex,
+        "kind": kind,
+        "status": outcome["status"],
+        "error": outcome["error"],
+        "experiment": cfg.experiment_name,
+        "cell": cell_name(cfg),
+        "method": cfg.method.name,
+        "arch": cfg.arch.name,
+        "dataset": cfg.dataset.name,
+        "seed": seed,
+        "hp": dict(vars(hp)),
+        "trial": trial,
+        "budget": to_dict(cfg.tuning) if cfg.mode == "tune" else {"epochs": job.train.epochs},
+        "config": resolved,
+        "metrics": outcome["metrics"],
+        "measurements": measurements,
+        "locality": {"kind": job.method_cls.locality.kind, "description": job.method_cls.locality.description},
+        "data": data.info,
+        "environment": environment.describe(job.device),
+        "started_at": started,
+        "finished_at": now(),
+    }
+    if write:
+        results.append(results.runs_file(cfg.results_dir, cfg.experiment_name), record)
+    return record

@@ -1,0 +1,59 @@
+"""End-to-end backpropagation (the baseline every other method is compared with).
+
+Rumelhart, Hinton & Williams, "Learning representations by back-propagating errors", Nature 1986.
+
+- Locality: global. One loss at the output; its gradient flows through every block.
+- Loss: cross-entropy of the linear head's logits.
+- Targets: the labels.
+- Prediction: argmax of the head's logits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from benchmark import archs
+from methods import Locality, Method, register
+from methods._optim import OPTIMIZERS, make_optimizer
+
+
+@dataclass
+class BPHyper:
+    optimizer: str = field(metadata={"choices": OPTIMIZERS})
+    lr: float = field(metadata={"gt": 0})
+    weight_decay: float = field(metadata={"ge": 0})
+    momentum: float = field(metadata={"ge": 0, "le": 1})
+    schedule: str = field(metadata={"choices": ("none", "cosine")})
+
+
+@register
+class BP(Method):
+    name = "bp"
+    locality = Locality("global", "one loss at the output; gradient flows end to end")
+    Hyper = BPHyper
+
+    def __init__(self, arch, input_shape, num_classes, hp: BPHyper, device):
+        super().__init__(arch, input_shape, num_classes, hp, device)
+        self.modules["net"] = archs.Chain(archs.build(arch, input_shape), num_classes).to(device)
+        self.optimizer = make_optimizer(hp.optimizer, self.modules.parameters(), hp.lr, hp.weight_decay, hp.momentum)
+        self.scheduler = None
+
+    def start_phase(self, phase, train_x, train_y, total_steps):
+        if self.hp.schedule == "cosine":
+            # Stepped per batch over the phase's whole step budget, so it decays to zero exactly at
+            # the last allowed epoch (early stopping may end the run before that).
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total_steps, 1))
+
+    def train_step(self, x, y, idx):
+        loss = F.cross_entropy(self.modules["net"](x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.detach()
+
+    def predict(self, x):
+        return self.modules["net"](x)
