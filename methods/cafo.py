@@ -1,0 +1,289 @@
+"""Cascaded-Forward (CaFo): `cafo_rand` and `cafo_dfa`.
+
+Zhao, Wang, Zhang, Zhang, Wang, "The Cascaded Forward Algorithm for Neural Network Training",
+arXiv 2303.09728 (2023). Official code: Graph-ZKY/CaFo.
+
+- Locality: per block. Each block's linear predictor has its own loss on that block's detached,
+  flattened output; no predictor's gradient reaches a block. `cafo_rand` never updates the blocks
+  (they stay at their random initialisation); `cafo_dfa` first trains them with direct feedback
+  alignment, where each block's update comes from the output error sent through a fixed random
+  matrix, and the block's input is detached, so no gradient crosses blocks either.
+- Loss per predictor (hp.loss): "ce" cross-entropy (Adam on a bias-free linear map, as the
+  comparison does; the official code's own "BP" mode), "mse" the closed-form least-squares solution
+  of the official code (one solve, no epochs), "sparsemax" the sparsemax loss (Martins & Astudillo
+  2016).
+- Targets: the labels (one-hot for MSE).
+- Prediction: the sum over blocks of each predictor's class probabilities (softmax; the sparsemax
+  mapping for the sparsemax loss; the raw linear output for MSE, as the official code... applies a
+  softmax there too, which we follow).
+
+Differences from the official code: the three predictors are trained together on each batch
+rather than one after the other (they are independent given the frozen blocks, so only the early
+stopping is joint); BatchNorm statistics of the random blocks are the training set's (one pass in
+train mode before freezing) rather than each full batch's; features are computed once and cached
+for the whole phase (the official code also forwards each block once). `cafo_dfa`: the official
+repository has no DFA training script; we follow the paper's description (blocks trained by DFA
+first, then the predictors) with Adam and Gaussian feedback matrices. The comparison trained the DFA
+blocks a fixed 250 epochs; here they get hp.dfa_fraction of the run's epoch budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark import archs
+from methods import Locality, Method, Phase, register
+from methods._optim import OPTIMIZERS, make_optimizer
+
+
+@dataclass
+class CaFoHyper:
+    loss: str = field(metadata={"choices": ("ce", "mse", "sparsemax")})
+    optimizer: str = field(metadata={"choices": OPTIMIZERS})
+    lr: float = field(metadata={"gt": 0})
+    weight_decay: float = field(metadata={"ge": 0})
+    ridge: float = field(metadata={"ge": 0})  # MSE closed form: lambda of (F'F + lambda I)^-1 F'Y
+
+
+@dataclass
+class CaFoDFAHyper(CaFoHyper):
+    dfa_lr: float = field(metadata={"gt": 0})
+    dfa_fraction: float = field(metadata={"gt": 0, "le": 0.9})  # share of the epoch budget for DFA
+
+
+def sparsemax(z: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row onto the probability simplex (Martins & Astudillo 2016)."""
+    z_sorted, _ = z.sort(dim=1, descending=True)
+    k = torch.arange(1, z.shape[1] + 1, device=z.device, dtype=z.dtype)
+    cumsum = z_sorted.cumsum(dim=1)
+    support = (1 + k * z_sorted) > cumsum
+    k_max = support.sum(dim=1, keepdim=True)
+    tau = (cumsum.gather(1, k_max - 1) - 1) / k_max.to(z.dtype)
+    return (z - tau).clamp(min=0)
+
+
+def sparsemax_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sparsemax loss; its gradient w.r.t. z is sparsemax(z) - onehot(y)."""
+    p = sparsemax(z)
+    support = p > 0
+    tau = ((z * support).sum(1) - 1) / support.sum(1)
+    loss = -z.gather(1, y[:, None]).squeeze(1) + 0.5 * ((z**2 - tau[:, None] ** 2) * support).sum(1) + 0.5
+    return loss.mean()
+
+
+class CaFoBase(Method):
+    locality = Locality("block", "each predictor's loss reaches only its own linear map; blocks are trained, if at all, by DFA with detached inputs")
+    supported_archs = ("cnn",)
+    train_blocks = False
+
+    def __init__(self, arch, input_shape, num_classes, hp, device):
+        super().__init__(arch, input_shape, num_classes, hp, device)
+        net = archs.build(arch, input_shape)
+        self.modules["blocks"] = net.blocks.to(device)
+        self.modules["predictors"] = nn.ModuleList(
+            nn.Linear(net.out_features(i), num_classes, bias=False) for i in range(len(net.blocks))
+        ).to(device)
+        self.predictor_optimizers = [
+            make_optimizer(hp.optimizer, p.parameters(), hp.lr, hp.weight_decay) for p in self.modules["predictors"]
+        ]
+        self.blocks_frozen = False
+        self._train_features: list[torch.Tensor] | None = None
+        self._eval_cache: dict[tuple, list[torch.Tensor]] = {}
+        self.set_blocks_trainable(False)
+
+    def train(self, mode: bool = True) -> None:
+        super().train(mode)
+        if self.blocks_frozen:  # frozen blocks always use their fixed BatchNorm statistics
+            self.modules["blocks"].eval()
+
+    def set_blocks_trainable(self, on: bool) -> None:
+        for p in self.modules["blocks"].parameters():
+            p.requires_grad_(on)
+
+    # -- features of the frozen blocks, computed once -------------------------------------------
+    @torch.no_grad()
+    def block_features(self, x: torch.Tensor, chunk: int = 2000) -> list[torch.Tensor]:
+        """Flattened output of every block for x, in chunks (the blocks are in eval mode)."""
+        outs = [[] for _ in self.modules["blocks"]]
+        for start in range(0, len(x), chunk):
+            h = x[start : start + chunk]
+            for i, block in enumerate(self.modules["blocks"]):
+                h = block(h)
+                outs[i].append(h.flatten(1))
+        return [torch.cat(o) for o in outs]
+
+    @torch.no_grad()
+    def fit_batchnorm(self, x: torch.Tensor, chunk: int = 2000) -> None:
+        """Set the blocks' BatchNorm statistics to the training set's (cumulative average)."""
+        bns = [m for m in self.modules["blocks"].modules() if isinstance(m, nn.BatchNorm2d)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        self.modules["blocks"].train()
+        for start in range(0, len(x), chunk):
+            h = x[start : start + chunk]
+            for block in self.modules["blocks"]:
+                h = block(h)
+        self.modules["blocks"].eval()
+
+    def freeze_blocks(self, train_x: torch.Tensor) -> None:
+        if not self.train_blocks:  # random blocks: statistics from the training set
+            self.fit_batchnorm(train_x)
+        self.modules["blocks"].eval()
+        self.set_blocks_trainable(False)
+        self.blocks_frozen = True
+        self._eval_cache.clear()
+        self._train_features = self.block_features(train_x)
+
+    # -- the predictors' local losses -----------------------------------------------------------
+    def start_phase(self, phase, train_x, train_y, total_steps):
+        if phase.name != "predictors":
+            return
+        self.freeze_blocks(train_x)
+        if self.hp.loss == "mse":
+            self.fit_least_squares(train_y)
+
+    @torch.no_grad()
+    def fit_least_squares(self, y: torch.Tensor) -> None:
+        """The official code's closed form: W = (F'F + ridge I)^-1 F'Y, one solve per block."""
+        targets = F.one_hot(y, self.num_classes).float()
+        for feats, predictor in zip(self._train_features, self.modules["predictors"]):
+            gram = feats.T @ feats
+            gram.diagonal().add_(self.hp.ridge)
+            w = torch.linalg.lstsq(gram, feats.T @ targets).solution
+            predictor.weight.copy_(w.T)
+
+    def predictor_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.hp.loss == "sparsemax":
+            return sparsemax_loss(scores, y)
+        if self.hp.loss == "mse":
+            return F.mse_loss(scores, F.one_hot(y, self.num_classes).float())
+        return F.cross_entropy(scores, y)
+
+    def train_predictors(self, y, idx) -> torch.Tensor:
+        total = torch.zeros((), device=y.device)
+        for feats, predictor, optimizer in zip(self._train_features, self.modules["predictors"], self.predictor_optimizers):
+            loss = self.predictor_loss(predictor(feats[idx]), y)  # cached features: detached
+            if self.hp.loss != "mse":  # MSE is solved in closed form in start_phase
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            total += loss.detach()
+        return total
+
+    def train_step(self, x, y, idx):
+        return self.train_predictors(y, idx)
+
+    # -- prediction: the sum of the blocks' votes -----------------------------------------------
+    def features_for(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Block features of an evaluation batch, cached while the blocks are frozen: the loop
+        evaluates the same preloaded validation slices every epoch."""
+        if not self.blocks_frozen:
+            return self.block_features(x)
+        key = (x.data_ptr(), x.shape, x.device)
+        if key not in self._eval_cache:
+            self._eval_cache[key] = self.block_features(x)
+        return self._eval_cache[key]
+
+    def vote(self, scores: torch.Tensor) -> torch.Tensor:
+        return sparsemax(scores) if self.hp.loss == "sparsemax" else F.softmax(scores, dim=1)
+
+    def predict(self, x):
+        feats = self.features_for(x)
+        probs = sum(self.vote(p(f)) for f, p in zip(feats, self.modules["predictors"]))
+        # Scores whose argmax is the summed vote and whose softmax is a usable val loss.
+        return torch.log(probs / len(feats) + 1e-12)
+
+    def units(self):
+        units = {f"predictor{i}": list(p.parameters()) for i, p in enumerate(self.modules["predictors"])}
+        units.update({f"block{i}": list(b.parameters()) for i, b in enumerate(self.modules["blocks"])})
+        return units
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """Parameters a training step must leave untouched (checked by the audit)."""
+        return list(self.modules["blocks"].parameters()) if self.blocks_frozen or not self.train_blocks else []
+
+
+@register
+class CaFoRand(CaFoBase):
+    name = "cafo_rand"
+    Hyper = CaFoHyper
+
+    def phases(self, epochs):
+        return [Phase("predictors", 1 if self.hp.loss == "mse" else epochs)]
+
+
+@register
+class CaFoDFA(CaFoBase):
+    name = "cafo_dfa"
+    Hyper = CaFoDFAHyper
+    train_blocks = True
+
+    def __init__(self, arch, input_shape, num_classes, hp, device):
+        super().__init__(arch, input_shape, num_classes, hp, device)
+        last = len(self.modules["blocks"]) - 1
+        out_dim = self.modules["predictors"][last].in_features
+        # The DFA output layer (trained on its own detached input) and the fixed feedback matrices.
+        self.modules["dfa_head"] = nn.Linear(out_dim, num_classes).to(device)
+        gen = torch.Generator(device="cpu").manual_seed(int(torch.initial_seed()) % 2**31)
+        self.feedback = [
+            (torch.randn(num_classes, self.modules["predictors"][i].in_features, generator=gen)
+             / num_classes**0.5).to(device)
+            for i in range(len(self.modules["blocks"]))
+        ]
+        self.block_optimizers = [
+            make_optimizer(hp.optimizer, b.parameters(), hp.dfa_lr) for b in self.modules["blocks"]
+        ]
+        self.head_optimizer = make_optimizer(hp.optimizer, self.modules["dfa_head"].parameters(), hp.dfa_lr)
+
+    def phases(self, epochs):
+        dfa_epochs = min(max(1, round(epochs * self.hp.dfa_fraction)), max(epochs - 1, 1))
+        predictor_epochs = 1 if self.hp.loss == "mse" else max(epochs - dfa_epochs, 1)
+        return [Phase("dfa_blocks", dfa_epochs), Phase("predictors", predictor_epochs)]
+
+    def start_phase(self, phase, train_x, train_y, total_steps):
+        if phase.name == "dfa_blocks":
+            self.set_blocks_trainable(True)
+            self.modules["blocks"].train()
+        else:
+            super().start_phase(phase, train_x, train_y, total_steps)
+
+    def train_step(self, x, y, idx):
+        if self.blocks_frozen:
+            return self.train_predictors(y, idx)
+        return self.dfa_step(x, y)
+
+    def dfa_step(self, x, y) -> torch.Tensor:
+        """Direct feedback alignment: the output error e = softmax(head) - onehot reaches block i
+        as e @ B_i (B_i fixed, random); each block's input is detached."""
+        outputs, h = [], x
+        for block in self.modules["blocks"]:
+            h = block(h.detach())
+            outputs.append(h)
+        logits = self.modules["dfa_head"](outputs[-1].detach().flatten(1))
+        loss = F.cross_entropy(logits, y)
+        self.head_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.head_optimizer.step()
+        error = (F.softmax(logits.detach(), dim=1) - F.one_hot(y, self.num_classes).float()) / len(y)
+        for out, feedback, optimizer in zip(outputs, self.feedback, self.block_optimizers):
+            optimizer.zero_grad(set_to_none=True)
+            out.backward((error @ feedback).view_as(out))
+            optimizer.step()
+        return loss.detach()
+
+    def predict(self, x):
+        if not self.blocks_frozen:  # during DFA: the DFA network's own output
+            h = x
+            for block in self.modules["blocks"]:
+                h = block(h)
+            return self.modules["dfa_head"](h.flatten(1))
+        return super().predict(x)
+
+    def units(self):
+        units = super().units()
+        units["dfa_head"] = list(self.modules["dfa_head"].parameters())
+        return units
