@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,10 +156,11 @@ def _compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
 
 def _one_line(err: Exception) -> UserError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    for group in ("method", "arch", "dataset", "experiment"):
-        if f"'{group}/" in first and ("Could not find" in first or "not found" in first):
-            options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-            return UserError(first.rstrip("."), f"choose one of {group}: {', '.join(options)}")
+    missing = re.search(r"Could not find '(method|arch|dataset|experiment)/([^']*)'", first)
+    if missing:
+        group, name = missing.groups()
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        return UserError(f"unknown {group} '{name}'", f"choose one of: {', '.join(options)}")
     if "Could not override" in first or "not in struct" in first:
         return UserError(first.rstrip("."), "check the key's spelling (configs/config.yaml lists the settings) or add it with +key=value")
     return UserError(first.rstrip("."), "check the command-line overrides")

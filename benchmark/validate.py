@@ -34,7 +34,7 @@ def check_value(key: str, value, hint, meta):
             raise UserError(f"{key}={value!r} should be a list", "write it as [a, b, ...]")
         value = list(value)
     elif hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
-        raise UserError(f"{key}={value!r} should be of type {hint.__name__}", f"give a {hint.__name__} value")
+        raise UserError(f"{key}={value!r} should be of type {hint.__name__}", f"give a value of type {hint.__name__}")
     if isinstance(value, float) and value != value:
         raise UserError(f"{key} is NaN", "give a number")
     if "gt" in meta and not value > meta["gt"]:

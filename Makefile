@@ -1,0 +1,57 @@
+# bpfree-bench. `make help` lists the targets.
+PYTHON      ?= python3.11
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+DATA        ?= $(if $(BPFREE_DATA),$(BPFREE_DATA),data)
+EXPERIMENT  ?= default
+RESULTS     ?= results
+PORT        ?= 8080
+HOST        ?= 127.0.0.1
+SHARED_DATA ?= ../shared/data
+
+.DEFAULT_GOAL := help
+.PHONY: help venv data bench smoke test report dashboard perf perf-overhead clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: these builds are the ones the project is tested with
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[test,launchers]"
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv and install the project into it
+
+data: ## lay out the offline datasets under DATA (when ../shared/data exists; else torchvision downloads)
+	@if [ -f $(SHARED_DATA)/prepare.py ]; then $(PY) $(SHARED_DATA)/prepare.py $(DATA); \
+	else echo "no $(SHARED_DATA): datasets will be downloaded into $(DATA) on first use"; fi
+
+bench: venv data ## the main job: experiment=$(EXPERIMENT) (tune, finals, report)
+	BPFREE_DATA=$(DATA) $(PY) -m benchmark experiment=$(EXPERIMENT) results_dir=$(RESULTS)
+	$(PY) -m benchmark.report $(RESULTS)/$(EXPERIMENT)
+	@echo "results: $(RESULTS)/$(EXPERIMENT)/runs.jsonl  report: reports/$(EXPERIMENT)/index.html"
+
+smoke: venv ## the CI smoke benchmark: the same pipeline on scikit-learn digits
+	$(MAKE) bench EXPERIMENT=smoke
+
+test: venv ## the test suite
+	$(PY) -m pytest -q
+
+report: venv ## render reports/$(EXPERIMENT)/ from $(RESULTS)/$(EXPERIMENT)
+	$(PY) -m benchmark.report $(RESULTS)/$(EXPERIMENT)
+
+dashboard: venv ## optuna-dashboard on the experiment's study storage, bound to $(HOST)
+	@echo "Optuna dashboard: http://$(HOST):$(PORT)  (storage $(RESULTS)/$(EXPERIMENT)/optuna.db)"
+	$(VENV)/bin/optuna-dashboard --host $(HOST) --port $(PORT) sqlite:///$(abspath $(RESULTS)/$(EXPERIMENT)/optuna.db)
+
+perf: venv ## speed benchmark: harness vs bare loop vs DataLoader, per-method throughput
+	BPFREE_DATA=$(DATA) $(PY) -m benchmark.perf --out $(RESULTS)/perf.csv
+
+perf-overhead: venv ## meters on vs off, interleaved: the median time ratio
+	BPFREE_DATA=$(DATA) $(PY) -m benchmark.perf --only overhead --out $(RESULTS)/perf-overhead.csv
+
+clean: ## remove generated results and reports (keeps .venv and data)
+	rm -rf $(RESULTS)/* reports/*/

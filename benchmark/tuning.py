@@ -1,0 +1,377 @@
+"""Tuning one grid cell with Optuna, then re-running its best setting on distinct seeds.
+
+For a cell (method x arch x dataset) `tune_cell`:
+
+1. opens (or resumes) the Optuna study named after the cell, in the experiment's storage;
+2. marks trials left RUNNING by a dead worker as failed (their budget slot is re-run), unless the
+   dead worker had already recorded the run in runs.jsonl, in which case the study is told what
+   that record says (nothing runs twice);
+3. runs trials until the cell's budget (tuning.n_trials counted trials) is spent. A trial is one
+   training run through the one loop, on validation data only, reporting validation accuracy to
+   the pruner every epoch; completed, pruned and failed (diverged, crashed) trials count, trials
+   of dead workers do not;
+4. re-runs the best trial's hyperparameters on tuning.n_seeds distinct seeds (seed+1, seed+2, ...),
+   evaluated once on the test set: the runs the reports use.
+
+Several workers may run the same cell (same command, several processes or machines): they share the
+study, each trial runs once and the budget is never exceeded (a claim lock for file storages, a
+trial-number check for database servers). Each trial and final is one record in runs.jsonl, joined
+to the study by run_id (a trial user attribute).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import psutil
+from omegaconf import OmegaConf
+
+from benchmark import loop, results, runner
+from benchmark.config import Checked, to_dict
+from benchmark.errors import UserError
+
+log = logging.getLogger(__name__)
+DEAD = "worker_died"
+OVER_BUDGET = "over_budget"
+
+
+# ------------------------------------------------------------------------------------------------
+# Settings and storage
+
+
+def experiment_dir(cfg) -> Path:
+    return Path(cfg.results_dir) / cfg.experiment_name
+
+
+def storage_spec(cfg) -> str:
+    spec = cfg.tuning.storage
+    if spec in (None, ""):
+        return f"sqlite:///{(experiment_dir(cfg) / 'optuna.db').resolve()}"
+    return str(spec)
+
+
+def open_storage(spec: str):
+    """An Optuna storage from a spec: sqlite:///file (default), journal:<file>, or any SQLAlchemy URL."""
+    if spec.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(spec.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if spec.startswith("sqlite"):
+        # Several local processes on one SQLite file wait for the lock instead of failing.
+        return optuna.storages.RDBStorage(spec, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(spec, heartbeat_interval=30, grace_period=120)
+
+
+def claim_lock_path(spec: str, cfg) -> Path | None:
+    """A lock file beside file-based storages (SQLite, journal): claiming a budget slot is atomic."""
+    if spec.startswith("journal:"):
+        return Path(spec.removeprefix("journal:") + ".claim.lock")
+    if spec.startswith("sqlite:///"):
+        return Path(spec.removeprefix("sqlite:///") + ".claim.lock")
+    return None
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | None):
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+SPACE_TYPES = ("float", "int", "categorical")
+
+
+def check_settings(cfg) -> None:
+    """Tuning settings, search space and storage, checked before anything trains."""
+    from methods import get
+
+    t = cfg.tuning
+    for key, minimum in (("n_trials", 1), ("max_epochs", 1), ("n_seeds", 1), ("n_startup_trials", 0), ("n_warmup_steps", 0)):
+        value = t[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise UserError(f"tuning.{key}={value!r} must be an integer >= {minimum}", f"set tuning.{key}")
+    if t.sampler not in ("tpe", "qmc", "random"):
+        raise UserError(f"tuning.sampler={t.sampler!r} is not a sampler", "use tpe, qmc or random")
+    if t.pruner not in ("median", "hyperband", "none"):
+        raise UserError(f"tuning.pruner={t.pruner!r} is not a pruner", "use median, hyperband or none")
+    for key in ("timeout_s", "energy_cap_j"):
+        if t[key] is not None and not (isinstance(t[key], (int, float)) and t[key] > 0):
+            raise UserError(f"tuning.{key}={t[key]!r} must be a positive number or null", f"set tuning.{key}")
+    hp_names = set(get(cfg.method.name).Hyper.__dataclass_fields__)
+    for name, spec in (to_dict(cfg.method.get("search_space") or {})).items():
+        where = f"method.search_space.{name}"
+        if name not in hp_names:
+            raise UserError(f"{where} is not a hyperparameter of '{cfg.method.name}'", f"use one of: {', '.join(sorted(hp_names))}")
+        kind = spec.get("type")
+        if kind not in SPACE_TYPES:
+            raise UserError(f"{where}.type={kind!r} is not a search-space type", "use float, int or categorical")
+        if kind == "categorical":
+            if not spec.get("choices"):
+                raise UserError(f"{where} has no choices", "give choices: [a, b, ...]")
+        elif not (isinstance(spec.get("low"), (int, float)) and isinstance(spec.get("high"), (int, float)) and spec["low"] < spec["high"]):
+            raise UserError(f"{where} needs numbers low < high", "fix low and high")
+        elif spec.get("log") and spec["low"] <= 0:
+            raise UserError(f"{where} is log-scaled but low={spec['low']} <= 0", "give a positive low")
+    spec = storage_spec(cfg)
+    try:
+        open_storage(spec)
+    except Exception as err:  # noqa: BLE001 - a driver's many error types all mean the same here
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserError(f"tuning.storage {spec!r} is unreachable ({first})", "start the database or fix the URL") from None
+
+
+def make_sampler(cfg, offset: int) -> optuna.samplers.BaseSampler:
+    seed = int(cfg.seed) + offset
+    if cfg.tuning.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+    if cfg.tuning.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(cfg.tuning.n_startup_trials, 1))
+
+
+def make_pruner(cfg) -> optuna.pruners.BasePruner:
+    t = cfg.tuning
+    if t.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=t.max_epochs)
+    if t.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=t.n_startup_trials, n_warmup_steps=t.n_warmup_steps)
+
+
+def suggest(trial: optuna.Trial, space: dict) -> dict:
+    values = {}
+    for name, spec in space.items():
+        if spec["type"] == "float":
+            values[name] = trial.suggest_float(name, spec["low"], spec["high"], log=bool(spec.get("log")))
+        elif spec["type"] == "int":
+            values[name] = trial.suggest_int(name, spec["low"], spec["high"], log=bool(spec.get("log")))
+        else:
+            values[name] = trial.suggest_categorical(name, list(spec["choices"]))
+    return values
+
+
+# ------------------------------------------------------------------------------------------------
+# Budget accounting
+
+
+def counts_against_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    state = trial.state
+    if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING):
+        return True
+    # A failure counts only when it is the setting's own outcome (diverged, crashed), not a dead worker.
+    return state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("run_status") in ("failed", "diverged")
+
+
+def worker_identity() -> dict:
+    me = psutil.Process()
+    return {"worker_host": socket.gethostname(), "worker_pid": me.pid, "worker_started": me.create_time()}
+
+
+def worker_alive(attrs: dict) -> bool:
+    if attrs.get("worker_host") != socket.gethostname():
+        return True  # another machine: database heartbeats (fail_stale_trials) decide
+    try:
+        proc = psutil.Process(attrs["worker_pid"])
+        return abs(proc.create_time() - attrs["worker_started"]) < 1e-3  # not a recycled pid
+    except (psutil.NoSuchProcess, KeyError):
+        return False
+
+
+def recover_dead_trials(study: optuna.Study, records: dict[str, dict]) -> None:
+    """Trials left RUNNING by a dead worker: told what the worker recorded, or failed (slot re-run)."""
+    with contextlib.suppress(Exception):
+        optuna.storages.fail_stale_trials(study)  # heartbeats (database servers only)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if worker_alive(trial.user_attrs):
+            continue
+        record = records.get(trial.user_attrs.get("run_id"))
+        if record is not None:
+            tell_from_record(study, trial.number, record)
+        else:
+            study._storage.set_trial_user_attr(trial._trial_id, "reason", DEAD)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def tell_from_record(study: optuna.Study, number: int, record: dict) -> None:
+    status = record["status"]
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    for key, value in trial_user_attrs(record).items():
+        study._storage.set_trial_user_attr(trial_id, key, value)
+    if status == "completed":
+        study.tell(number, record["metrics"]["val_accuracy"])
+    elif status == "pruned":
+        study.tell(number, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+
+def trial_user_attrs(record: dict) -> dict:
+    """What the dashboard shows beside each trial: the run's id, outcome and costs."""
+    m = record.get("measurements", {})
+    value = lambda key: (m.get(key) or {}).get("value")  # noqa: E731
+    energy = [value("energy_train"), value("energy_eval")]
+    return {
+        "run_id": record["run_id"],
+        "run_status": record["status"],
+        "reason": record.get("error"),
+        "energy_j": sum(e for e in energy if e is not None) if any(e is not None for e in energy) else None,
+        "energy_source": (m.get("energy_train") or {}).get("source"),
+        "time_s": value("time_total"),
+        "flops": (value("flops_train") or 0) + (value("flops_eval") or 0),
+        "epochs_run": record["metrics"].get("epochs_run"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The cell
+
+
+def study_for(job: Checked) -> tuple[optuna.Study, str]:
+    cfg = job.cfg
+    spec = storage_spec(cfg)
+    storage = open_storage(spec)
+    name = runner.cell_name(cfg)
+    try:
+        existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        existing = 0
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=make_sampler(cfg, existing), pruner=make_pruner(cfg),
+    )
+    study.set_user_attr("experiment", cfg.experiment_name)
+    study.set_user_attr("budget", to_dict(cfg.tuning))
+    return study, spec
+
+
+def trial_job(job: Checked) -> Checked:
+    """The cell's config with the tuning budget's epoch cap: every method gets the same."""
+    return replace(job, train=replace(job.train, epochs=int(job.cfg.tuning.max_epochs)))
+
+
+def records_by_id(cfg) -> dict[str, dict]:
+    return {r["run_id"]: r for r in results.read_records(results.runs_file(cfg.results_dir, cfg.experiment_name))}
+
+
+def claim_trial(study: optuna.Study, n_trials: int, lock: Path | None):
+    """Ask for a trial if the budget has a free slot; None when it is spent."""
+    with file_lock(lock):
+        if sum(counts_against_budget(t) for t in study.get_trials(deepcopy=False)) >= n_trials:
+            return None
+        trial = study.ask()
+        run_id = uuid.uuid4().hex
+        for key, value in {**worker_identity(), "run_id": run_id}.items():
+            trial.set_user_attr(key, value)
+    # Database servers have no claim lock: a trial numbered past the budget gives its slot back.
+    earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and counts_against_budget(t)]
+    if len(earlier) >= n_trials:
+        trial.set_user_attr("reason", OVER_BUDGET)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return None
+    return trial
+
+
+def epoch_callback(trial: optuna.Trial, cfg):
+    timeout, energy_cap = cfg.tuning.timeout_s, cfg.tuning.energy_cap_j
+
+    def on_epoch(record: dict) -> None:
+        trial.report(record["val_accuracy"], step=record["epoch"])
+        if trial.should_prune():
+            raise loop.Pruned(f"pruned at epoch {record['epoch']} (val accuracy {record['val_accuracy']:.4f})")
+        if timeout is not None and record["train_seconds_cum"] >= timeout:
+            raise loop.BudgetExhausted(f"wall-time cap {timeout} s")
+        if energy_cap is not None and record["energy_j_cum"] >= energy_cap:
+            raise loop.BudgetExhausted(f"energy cap {energy_cap} J")
+
+    return on_epoch
+
+
+def run_trial(job: Checked, study: optuna.Study, trial: optuna.Trial, spec: str) -> dict:
+    cfg = job.cfg
+    space = to_dict(cfg.method.get("search_space") or {})
+    hp = replace(job.hp, **suggest(trial, space))
+    info = {"study": study.study_name, "number": trial.number, "storage": spec}
+    try:
+        record = runner.execute(
+            trial_job(job), kind="trial", hp=hp, on_epoch=epoch_callback(trial, cfg), evaluate_test=False,
+            trial=info, run_id=trial.user_attrs["run_id"],
+        )
+    except KeyboardInterrupt:
+        trial.set_user_attr("reason", DEAD)  # Ctrl-C: the slot is re-run on resume
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    tell_from_record(study, trial.number, record)
+    return record
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+
+
+def final_seeds(cfg) -> list[int]:
+    """Distinct seeds for the finals, never the tuning seed itself."""
+    return [int(cfg.seed) + 1 + i for i in range(int(cfg.tuning.n_seeds))]
+
+
+def run_finals(job: Checked, study: optuna.Study, spec: str) -> list[dict]:
+    cfg = job.cfg
+    best = best_trial(study)
+    if best is None:
+        log.warning("%s: no completed trial, no finals", study.study_name)
+        return []
+    hp = replace(job.hp, **best.params)
+    lock = experiment_dir(cfg) / ".locks" / f"{study.study_name}.finals.lock"
+    done = []
+    with file_lock(lock):  # one worker runs the finals; the others then find them recorded
+        recorded = {
+            r["seed"]: r for r in records_by_id(cfg).values()
+            if r.get("kind") == "final" and r.get("cell") == study.study_name and r.get("hp") == dict(vars(hp))
+        }
+        for seed in final_seeds(cfg):
+            if seed in recorded:
+                done.append(recorded[seed])
+                continue
+            info = {"study": study.study_name, "number": best.number, "storage": spec}
+            done.append(runner.execute(trial_job(job), kind="final", seed=seed, hp=hp, trial=info))
+    return done
+
+
+def tune_cell(job: Checked) -> list[dict]:
+    """Tune the cell of `job` to its budget, then run (or find) its finals. Returns the finals."""
+    cfg = job.cfg
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, spec = study_for(job)
+    recover_dead_trials(study, records_by_id(cfg))
+    lock = claim_lock_path(spec, cfg)
+    n_trials = int(cfg.tuning.n_trials)
+    while (trial := claim_trial(study, n_trials, lock)) is not None:
+        record = run_trial(job, study, trial, spec)
+        print(f"{study.study_name} trial {trial.number}: {record['status']}"
+              + (f", val accuracy {record['metrics']['val_accuracy']:.4f}" if record["metrics"].get("val_accuracy") is not None else ""))
+    # Wait for trials other live workers are still running: the best setting is only known then.
+    while any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+        recover_dead_trials(study, records_by_id(cfg))
+        time.sleep(2)
+    finals = run_finals(job, study, spec)
+    for r in finals:
+        acc = r["metrics"].get("test_accuracy")
+        print(f"{study.study_name} final seed={r['seed']}: {r['status']}" + (f", test accuracy {acc:.4f}" if acc is not None else ""))
+    return finals

@@ -1,0 +1,56 @@
+"""Shared fixtures: configs composed exactly as the command line composes them, on small data."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def compose(*overrides: str):
+    """A checked config (benchmark.config.Checked), as `python -m benchmark <overrides>` builds it."""
+    from benchmark import config
+
+    return config.check(config._compose(list(overrides)))
+
+
+@pytest.fixture
+def job_factory(tmp_path):
+    """compose() with results in a temp folder and CodeCarbon off unless asked for."""
+
+    def make(*overrides: str):
+        base = [f"results_dir={tmp_path / 'results'}", "measure.emissions=false"]
+        return compose(*base, *overrides)
+
+    return make
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "benchmark", *args],
+        capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory):
+    """The offline MNIST copy unpacked where torchvision expects it (as ../shared/data/prepare.py
+    does, without unpacking CIFAR), or a skip where that copy is absent."""
+    import gzip
+    import shutil
+
+    source = SHARED_DATA / "MNIST" / "raw"
+    if not source.is_dir():
+        pytest.skip("no ../shared/data/MNIST here: the offline MNIST copy is needed")
+    root = tmp_path_factory.mktemp("data")
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    for gz in source.glob("*.gz"):
+        with gzip.open(gz) as src, open(root / "MNIST" / "raw" / gz.stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return root
