@@ -27,6 +27,7 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def check_settings(cfg) -> None:
         value = t[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise UserError(f"tuning.{key}={value!r} must be an integer >= {minimum}", f"set tuning.{key}")
+    if not isinstance(t.enqueue_defaults, bool):
+        raise UserError(f"tuning.enqueue_defaults={t.enqueue_defaults!r} must be true or false", "set it to true or false")
     if t.sampler not in ("tpe", "qmc", "random"):
         raise UserError(f"tuning.sampler={t.sampler!r} is not a sampler", "use tpe, qmc or random")
     if t.pruner not in ("median", "hyperband", "none"):
@@ -155,6 +158,21 @@ def make_pruner(cfg) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=t.n_startup_trials, n_warmup_steps=t.n_warmup_steps)
 
 
+def defaults_in_space(hp, space: dict) -> dict:
+    """The method's default values that the search space can express (a weight decay of 0 on a
+    log scale cannot be: the sampler picks that one)."""
+    out = {}
+    for name, spec in space.items():
+        value = getattr(hp, name)
+        if spec["type"] == "categorical":
+            ok = value in spec["choices"]
+        else:
+            ok = spec["low"] <= value <= spec["high"] and not (spec.get("log") and value <= 0)
+        if ok:
+            out[name] = value
+    return out
+
+
 def suggest(trial: optuna.Trial, space: dict) -> dict:
     values = {}
     for name, spec in space.items():
@@ -196,8 +214,10 @@ def worker_alive(attrs: dict) -> bool:
 
 def recover_dead_trials(study: optuna.Study, records: dict[str, dict]) -> None:
     """Trials left RUNNING by a dead worker: told what the worker recorded, or failed (slot re-run)."""
-    with contextlib.suppress(Exception):
-        optuna.storages.fail_stale_trials(study)  # heartbeats (database servers only)
+    if getattr(study._storage, "get_heartbeat_interval", lambda: None)():  # database servers only
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if worker_alive(trial.user_attrs):
             continue
@@ -270,11 +290,15 @@ def records_by_id(cfg) -> dict[str, dict]:
     return {r["run_id"]: r for r in results.read_records(results.runs_file(cfg.results_dir, cfg.experiment_name))}
 
 
-def claim_trial(study: optuna.Study, n_trials: int, lock: Path | None):
-    """Ask for a trial if the budget has a free slot; None when it is spent."""
+def claim_trial(study: optuna.Study, n_trials: int, lock: Path | None, first: dict | None = None):
+    """Ask for a trial if the budget has a free slot; None when it is spent. `first`: parameters
+    the study's very first trial uses (the method's defaults, so they are always tried)."""
     with file_lock(lock):
-        if sum(counts_against_budget(t) for t in study.get_trials(deepcopy=False)) >= n_trials:
+        trials = study.get_trials(deepcopy=False)
+        if sum(counts_against_budget(t) for t in trials) >= n_trials:
             return None
+        if first and not trials:
+            study.enqueue_trial(first)
         trial = study.ask()
         run_id = uuid.uuid4().hex
         for key, value in {**worker_identity(), "run_id": run_id}.items():
@@ -362,7 +386,9 @@ def tune_cell(job: Checked) -> list[dict]:
     recover_dead_trials(study, records_by_id(cfg))
     lock = claim_lock_path(spec, cfg)
     n_trials = int(cfg.tuning.n_trials)
-    while (trial := claim_trial(study, n_trials, lock)) is not None:
+    space = to_dict(cfg.method.get("search_space") or {})
+    first = defaults_in_space(job.hp, space) if cfg.tuning.enqueue_defaults else None
+    while (trial := claim_trial(study, n_trials, lock, first)) is not None:
         record = run_trial(job, study, trial, spec)
         print(f"{study.study_name} trial {trial.number}: {record['status']}"
               + (f", val accuracy {record['metrics']['val_accuracy']:.4f}" if record["metrics"].get("val_accuracy") is not None else ""))

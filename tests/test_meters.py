@@ -1,0 +1,190 @@
+"""Measurement backends against stand-ins where the hardware is absent."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from benchmark import meters
+from benchmark.meters import MeasureConfig, Meters, NvmlEnergy, RaplCounter
+
+
+def rapl_tree(root, packages: dict[int, tuple[int, int]]):
+    """A fake /sys/class/powercap: {package: (energy_uj, max_energy_range_uj)}, plus a sub-domain."""
+    for pkg, (energy, max_range) in packages.items():
+        d = root / f"intel-rapl:{pkg}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "energy_uj").write_text(str(energy))
+        (d / "max_energy_range_uj").write_text(str(max_range))
+        sub = root / f"intel-rapl:{pkg}:0"  # a core sub-domain: inside the package, never summed
+        sub.mkdir(exist_ok=True)
+        (sub / "energy_uj").write_text("999999")
+        (sub / "max_energy_range_uj").write_text(str(max_range))
+    return root
+
+
+def set_energy(root, pkg: int, energy: int):
+    (root / f"intel-rapl:{pkg}" / "energy_uj").write_text(str(energy))
+
+
+def test_rapl_sums_packages_and_handles_wrap_around(tmp_path):
+    root = rapl_tree(tmp_path, {0: (1_000_000, 2_000_000), 1: (500, 2_000_000)})
+    counter = RaplCounter(root)
+    set_energy(root, 0, 1_500_000)
+    set_energy(root, 1, 1_500)
+    assert counter.read() == pytest.approx(0.501)  # 500,000 + 1,000 uJ
+    set_energy(root, 0, 100_000)  # wrapped: 1,500,000 -> 2,000,000 -> 0 -> 100,000
+    assert counter.read() == pytest.approx(0.501 + 0.6)
+
+
+def test_rapl_absent_or_unreadable_is_an_oserror(tmp_path):
+    with pytest.raises(OSError):
+        RaplCounter(tmp_path)
+
+
+def test_meters_use_rapl_when_present_and_label_it(tmp_path):
+    root = rapl_tree(tmp_path, {0: (0, 10**12)})
+    m = Meters(MeasureConfig(rapl_root=str(root), emissions=False), torch.device("cpu"))
+    with m.window("train"):
+        set_energy(root, 0, 3_000_000)
+    with m.window("eval"):
+        set_energy(root, 0, 4_000_000)
+    out = m.summary(train_samples=100, epoch_seconds=[0.1])
+    assert out["energy_train"]["value"] == pytest.approx(3.0)
+    assert out["energy_eval"]["value"] == pytest.approx(1.0)
+    assert out["energy_train"]["source"] == "rapl" and out["energy_train"]["estimated"] is False
+    assert out["energy_train"]["unit"] == "J"
+
+
+class FakeNVML:
+    """Stand-in for pynvml: a device whose energy counter advances 1 J per read, 100 W draw."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, counter=True, driver=True):
+        self.counter, self.driver, self.mj = counter, driver, 0
+
+    def nvmlInit(self):
+        if not self.driver:
+            raise self.NVMLError("Driver Not Loaded")
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return f"gpu{i}"
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        if not self.counter:
+            raise self.NVMLError("Not Supported")
+        self.mj += 1000
+        return self.mj
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return 100_000  # mW
+
+    def nvmlDeviceGetName(self, handle):
+        return b"Fake GPU"
+
+    def nvmlSystemGetDriverVersion(self):
+        return "999.1"
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return type("Mem", (), {"used": 123})()
+
+
+def test_nvml_energy_counter():
+    nvml = FakeNVML()
+    backend = NvmlEnergy(0, nvml=nvml)
+    assert backend.source == "nvml_energy_counter"
+    first = backend.read()
+    assert backend.read() - first == pytest.approx(1.0)
+    assert backend.info == {"gpu_model": "Fake GPU", "driver": "999.1", "scope": NvmlEnergy.scope}
+
+
+def test_nvml_power_sampling_where_counter_unsupported():
+    backend = NvmlEnergy(0, interval_s=0.01, nvml=FakeNVML(counter=False))
+    assert backend.source == "nvml_power_sampling"
+    backend.start_sampling()
+    time.sleep(0.3)
+    backend.stop_sampling()
+    assert backend.read() == pytest.approx(100 * 0.3, rel=0.25)  # 100 W for about 0.3 s
+
+
+def test_no_nvml_driver_falls_back_without_crashing():
+    with pytest.raises(OSError, match="NVML unavailable"):
+        NvmlEnergy(0, nvml=FakeNVML(driver=False))
+    real = meters.import_pynvml()
+    if real is not None and not torch.cuda.is_available():
+        with pytest.raises(OSError):
+            NvmlEnergy(0, nvml=real)  # the real library, no driver on this machine
+
+
+def test_energy_falls_back_to_codecarbon_estimate_labelled_as_estimate(tmp_path):
+    m = Meters(MeasureConfig(rapl_root=str(tmp_path), emissions=True), torch.device("cpu"))
+    with m.window("train"):
+        sum(range(10**6))
+    out = m.summary(train_samples=10, epoch_seconds=[0.1])
+    assert out["energy_train"]["estimated"] is True
+    assert out["energy_train"]["source"].startswith("codecarbon_estimate")
+    assert out["emissions"]["unit"] == "kg CO2eq" and out["emissions"]["estimated"] is True
+    assert out["emissions"]["value"] > 0
+
+
+def test_flop_count_of_an_mlp_step_equals_the_analytic_count():
+    from tests.conftest import compose
+
+    job = compose("method=bp", "arch.widths=[100]", "dataset=digits", "measure.emissions=false")
+    method = job.method_cls(dict(job.cfg.arch), (1, 8, 8), 10, job.hp, torch.device("cpu"))
+    m = Meters(MeasureConfig(emissions=False, energy="none"), torch.device("cpu"))
+    batch = 32
+    x, y = torch.randn(batch, 1, 8, 8), torch.randint(0, 10, (batch,))
+    _, flops = m.measure_flops(lambda: method.train_step(x, y, None))
+    forward = 2 * batch * (64 * 100 + 100 * 10)
+    # backward: the head needs grad of its input and weight, the first layer only its weight grad
+    backward = 2 * (2 * batch * 100 * 10) + 2 * batch * 64 * 100
+    assert flops == forward + backward
+
+
+def test_peak_memory_on_cpu_is_rss_growth_and_labelled():
+    m = Meters(MeasureConfig(emissions=False, energy="none"), torch.device("cpu"))
+    with m.window("train"):
+        block = torch.ones(50 * 2**20 // 4)  # 50 MiB
+        block.add_(1)
+    out = m.summary(1, [0.1])
+    del block
+    assert out["peak_memory"]["unit"] == "B"
+    assert "RSS" in out["peak_memory"]["source"]
+    assert out["peak_memory"]["value"] >= 45 * 2**20
+
+
+CODECARBON_PROBE = r"""
+import json, os, socket, sys
+attempts = []
+real_connect = socket.socket.connect
+def refuse(self, address):
+    attempts.append(str(address))
+    raise OSError("network disabled by the test")
+socket.socket.connect = refuse
+socket.create_connection = lambda *a, **k: refuse(None, a[0] if a else None)
+import torch
+from benchmark.meters import MeasureConfig, Meters
+m = Meters(MeasureConfig(emissions=True, energy="codecarbon"), torch.device("cpu"))
+with m.window("train"):
+    sum(range(10**6))
+out = m.summary(10, [0.1])
+print(json.dumps({"attempts": attempts, "emissions": out["emissions"]["value"]}))
+"""
+
+
+def test_codecarbon_writes_no_file_and_opens_no_connection(tmp_path):
+    before = set(tmp_path.rglob("*"))
+    out = subprocess.run([sys.executable, "-c", CODECARBON_PROBE], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env={**__import__("os").environ, "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["attempts"] == []
+    assert report["emissions"] > 0
+    assert set(tmp_path.rglob("*")) == before  # no emissions.csv, no .codecarbon.config, nothing
