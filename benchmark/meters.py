@@ -209,6 +209,19 @@ def _read_status_kib(field: str) -> int | None:
     return None
 
 
+def release_freed_heap() -> None:
+    """Give memory that earlier runs freed back to the OS (glibc keeps it otherwise), so that the
+    next run's RSS growth counts what it allocates rather than what it reuses."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS. Linux only."""
     try:
@@ -274,6 +287,7 @@ class Meters:
         if self.device.type == "cuda":
             sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+        release_freed_heap()
         self._rss0_kib = _read_status_kib("VmRSS")
         self._hwm_reset = reset_peak_rss()
 
