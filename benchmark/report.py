@@ -293,8 +293,8 @@ def plot_learning_curves(runs: list[dict], figs: Figures) -> None:
 def plot_costs(rows: list[Row], figs: Figures) -> None:
     plt = _plt()
     keys = [m for m in METRICS if m[0] in ("energy_train", "time_train", "peak_memory")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6))
     labels = [f"{r.method}/{r.arch}/{r.dataset}" for r in rows]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), max(3.0, 0.35 * len(labels) + 1)))
     for ax, (key, label, unit, _) in zip(np.atleast_1d(axes), keys):
         vals = [r.values.get(key, (np.nan,))[0] for r in rows]
         ax.barh(labels, vals)
@@ -308,8 +308,8 @@ def plot_cost_to_target(costs: pd.DataFrame, figs: Figures) -> None:
     if costs.empty:
         return
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     labels = [f"{r.method}/{r.arch}/{r.dataset}" for r in costs.itertuples()]
+    fig, axes = plt.subplots(1, 2, figsize=(9, max(3.0, 0.35 * len(labels) + 1)))
     for ax, (col, label) in zip(axes, (("time_s", "training time to target (s)"), ("energy_j", "energy to target (J)"))):
         vals = costs[col].replace(np.inf, np.nan)
         ax.barh(labels, vals)
