@@ -117,6 +117,9 @@ def check(cfg: DictConfig) -> Checked:
     data_mod.check_available(dataset.name, cfg.data.root, bool(cfg.data.download))
     device = resolve_device(str(cfg.device))
     check_writable(Path(cfg.results_dir) / cfg.experiment_name)
+    from benchmark import results
+
+    results.read_records(results.runs_file(cfg.results_dir, cfg.experiment_name), strict=True)  # corrupt line: stop now
     if cfg.mode == "tune":
         from benchmark import tuning
 

@@ -1,0 +1,369 @@
+"""Speed benchmark: `make perf` (all sections) or `make perf-overhead` (meters only).
+
+    python -m benchmark.perf [--only overhead|data|methods|reference] [--repeats 5] [--out results/perf.csv]
+
+Every comparison is a ratio measured side by side in this one process, interleaved (A, B, A, B...),
+over several repeats; the table reports medians. Sections:
+
+- overhead: the same BP MLP (2x1000) epoch (a) through the harness with every meter on, (b) through
+  the harness with every meter off, (c) as a bare PyTorch loop over the same preloaded tensors.
+  Goals: (a)/(b) <= 1.03 and (a)/(c) <= 1.03.
+- data: a harness epoch vs the usual torchvision Dataset + DataLoader pipeline (ToTensor,
+  Normalize, shuffling DataLoader) for the same model and data. Goal: >= 2x faster.
+- methods: per registered method on its native architecture, training samples/s, achieved FLOP/s
+  (FlopCounterMode count / time) and that as a fraction of this machine's fp32 matmul peak
+  (measured here with a large GEMM).
+- reference: time per epoch of our FF and CaFo vs a minimal re-implementation, in this script, of
+  the public references' training steps (FF: loeweX/Forward-Forward's per-sample dataset of
+  positive/negative/neutral images and one optimizer over all layers; CaFo: frozen blocks forwarded
+  again for every predictor batch), same architecture, batch size and data, with accuracy after the
+  same epochs.
+
+Uses MNIST when `BPFREE_DATA` (or ./data) holds it, else synthetic MNIST-shaped tensors (said so).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmark import archs, loop
+from benchmark.data import Splits, batches, load_splits
+from benchmark.meters import MeasureConfig, Meters
+
+ROWS: list[dict] = []
+
+
+def emit(section: str, item: str, value: float, unit: str, note: str = "") -> None:
+    ROWS.append({"section": section, "item": item, "value": value, "unit": unit, "note": note})
+    print(f"{section:10s} {item:58s} {value:12.4g} {unit:10s} {note}", flush=True)
+
+
+def mnist_or_synthetic(n_train: int | None) -> tuple[Splits, str]:
+    root = os.environ.get("BPFREE_DATA", "data")
+    try:
+        data = load_splits("mnist", root, False, 5000, 0, torch.device("cpu"))
+        source = "MNIST"
+    except Exception:  # noqa: BLE001 - no offline copy: the speed question does not need real pixels
+        g = torch.Generator().manual_seed(0)
+        make = lambda n: (torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))  # noqa: E731
+        (xt, yt), (xv, yv), (xs, ys) = make(55000), make(5000), make(10000)
+        data, source = Splits(xt, yt, xv, yv, xs, ys, 10), "synthetic MNIST-shaped tensors"
+    if n_train:
+        data.train_x, data.train_y = data.train_x[:n_train], data.train_y[:n_train]
+    return data, source
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(candidates: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each candidate, run A, B, C, A, B, C, ... after one warm-up each."""
+    for fn in candidates.values():
+        fn()
+    times = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def bp_method(input_shape):
+    from methods.bp import BP, BPHyper
+
+    hp = BPHyper(optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.9, schedule="none")
+    return BP({"kind": "mlp", "widths": [1000, 1000]}, input_shape, 10, hp, torch.device("cpu"))
+
+
+def harness_epoch(data: Splits, meters_on: bool):
+    cfg = loop.TrainConfig(epochs=1, batch_size=128, eval_batch_size=2000, patience=0, min_delta=0.0, restore_best=False)
+    measure = MeasureConfig() if meters_on else MeasureConfig(energy="none", emissions=False, flops=False)
+
+    def run():
+        torch.manual_seed(0)
+        method = bp_method(data.input_shape)
+        meters = Meters(measure, torch.device("cpu"))
+        loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
+        meters.summary(len(data.train_y), [])
+
+    return run
+
+
+def bare_epoch(data: Splits):
+    def run():
+        torch.manual_seed(0)
+        net = archs.Chain(archs.mlp(data.input_shape, [1000, 1000]), 10)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        order = torch.Generator().manual_seed(0)
+        for idx in batches(len(data.train_y), 128, order, torch.device("cpu")):
+            loss = F.cross_entropy(net(data.train_x[idx]), data.train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():  # the harness validates once per epoch too
+            for start in range(0, len(data.val_y), 2000):
+                net(data.val_x[start : start + 2000]).argmax(1)
+
+    return run
+
+
+def section_overhead(repeats: int) -> None:
+    data, source = mnist_or_synthetic(None)
+    med = interleaved({"on": harness_epoch(data, True), "off": harness_epoch(data, False), "bare": bare_epoch(data)}, repeats)
+    note = f"BP MLP 2x1000, one epoch of {source}, median of {repeats}"
+    emit("overhead", "harness, every meter on (s/epoch)", med["on"], "s", note)
+    emit("overhead", "harness, every meter off (s/epoch)", med["off"], "s", note)
+    emit("overhead", "bare PyTorch loop, same tensors (s/epoch)", med["bare"], "s", note)
+    emit("overhead", "meters on / meters off", med["on"] / med["off"], "ratio", "goal <= 1.03")
+    emit("overhead", "harness (meters on) / bare loop", med["on"] / med["bare"], "ratio", "goal <= 1.03")
+
+
+def section_data(repeats: int) -> None:
+    from torchvision import datasets, transforms
+
+    root = os.environ.get("BPFREE_DATA", "data")
+    try:
+        dataset = datasets.MNIST(root, train=True, download=False,
+                                 transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
+    except Exception:  # noqa: BLE001
+        emit("data", "skipped: no MNIST under BPFREE_DATA", math.nan, "", "the DataLoader side needs the files")
+        return
+    data, _ = mnist_or_synthetic(None)
+    net = archs.Chain(archs.mlp((1, 28, 28), [1000, 1000]), 10)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step(x, y):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def tensors():
+        order = torch.Generator().manual_seed(0)
+        for idx in batches(len(data.train_y), 128, order, torch.device("cpu")):
+            step(data.train_x[idx], data.train_y[idx])
+
+    def dataloader():
+        for x, y in torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=2):
+            step(x, y)
+
+    med = interleaved({"tensors": tensors, "dataloader": dataloader}, max(2, repeats // 2))
+    emit("data", "preloaded tensors + index slices (s/epoch)", med["tensors"], "s", "BP MLP 2x1000, MNIST 55k/60k")
+    emit("data", "torchvision Dataset + DataLoader, 2 workers (s/epoch)", med["dataloader"], "s", "60k images")
+    per_image = (med["dataloader"] / len(dataset)) / (med["tensors"] / len(data.train_y))
+    emit("data", "DataLoader / tensors, per image", per_image, "x", "goal >= 2")
+
+
+def matmul_peak() -> float:
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    a @ b
+    best = min(timed(lambda: a @ b) for _ in range(5))
+    return 2 * 4096**3 / best
+
+
+def method_throughput(n_train: int, epochs: int = 1) -> None:
+    import methods
+
+    peak = matmul_peak()
+    emit("methods", "fp32 matmul peak (4096^3 GEMM)", peak / 1e9, "GFLOP/s", f"{torch.get_num_threads()} threads")
+    data, source = mnist_or_synthetic(n_train)
+    native = {"mlp": {"kind": "mlp", "widths": [1000, 1000]}, "cnn": {"kind": "cnn", "channels": [32, 128, 512]}}
+    from hydra import compose, initialize_config_dir
+
+    from benchmark.config import CONFIG_DIR
+
+    for name in methods.names():
+        cls = methods.get(name)
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            hp_values = dict(compose("config", overrides=[f"method={name}"]).method.hp)
+        hp = methods.check_hyperparameters(cls.Hyper, hp_values, name)
+        torch.manual_seed(0)
+        method = cls(native[cls.supported_archs[0]], data.input_shape, 10, hp, torch.device("cpu"))
+        meters = Meters(MeasureConfig(energy="none", emissions=False), torch.device("cpu"))
+        cfg = loop.TrainConfig(epochs=epochs * len(method.phases(1)), batch_size=128, eval_batch_size=2000,
+                               patience=0, min_delta=0.0, restore_best=False)
+        out = loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
+        seconds, flops = meters.seconds["train"], meters.flops["train"]
+        samples = out["metrics"]["train_samples"]
+        note = f"{cls.supported_archs[0]}, {n_train} {source} images"
+        emit("methods", f"{name}: training throughput", samples / seconds, "samples/s", note)
+        emit("methods", f"{name}: achieved FLOP/s", flops / seconds / 1e9, "GFLOP/s", note)
+        emit("methods", f"{name}: fraction of matmul peak", flops / seconds / peak, "", note)
+
+
+# ------------------------------------------------------------------------------------------------
+# Minimal re-implementations of the references' training steps (for timing only)
+
+
+class LoeweXStyleFF(torch.utils.data.Dataset):
+    """loeweX/Forward-Forward's data path: each sample's positive, negative and neutral image built
+    in __getitem__ from an image, served through a DataLoader."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x.flatten(1), y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        x, label = self.x[i], int(self.y[i])
+        pos, neg, neutral = x.clone(), x.clone(), x.clone()
+        pos[:10] = F.one_hot(torch.tensor(label), 10).float()
+        wrong = (label + 1 + torch.randint(0, 9, ()).item()) % 10
+        neg[:10] = F.one_hot(torch.tensor(wrong), 10).float()
+        neutral[:10] = 0.1
+        return pos, neg, neutral, label
+
+
+def reference_ff_epoch(data: Splits, widths, epochs: int) -> tuple[float, float]:
+    from methods.ff import rms_normalise
+
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList(torch.nn.Linear(i, o) for i, o in zip([784] + widths[:-1], widths))
+    clf = torch.nn.Linear(sum(widths[1:]), 10, bias=False)
+    opt = torch.optim.AdamW([*layers.parameters(), *clf.parameters()], lr=1e-3, weight_decay=3e-4)
+    loader = torch.utils.data.DataLoader(LoeweXStyleFF(data.train_x, data.train_y), batch_size=128, shuffle=True)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        for pos, neg, neutral, y in loader:
+            z = rms_normalise(torch.cat([pos, neg]))
+            loss = 0
+            for layer in layers:
+                a = F.relu(layer(z))
+                g = a.pow(2).sum(1)
+                target = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+                loss = loss + F.binary_cross_entropy_with_logits(g - a.shape[1], target)
+                z = rms_normalise(a.detach())
+            with torch.no_grad():
+                h, feats = rms_normalise(neutral), []
+                for i, layer in enumerate(layers):
+                    h = rms_normalise(F.relu(layer(h)))
+                    if i >= 1:
+                        feats.append(h)
+            loss = loss + F.cross_entropy(clf(torch.cat(feats, 1)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    seconds = time.perf_counter() - t0
+    # loeweX's evaluation: one pass per candidate label (ten passes), goodness of layers >= 1.
+    with torch.no_grad():
+        x = data.val_x.flatten(1)
+        scores = []
+        for label in range(10):
+            z = x.clone()
+            z[:, :10] = F.one_hot(torch.full((len(x),), label), 10).float()
+            z, g = rms_normalise(z), 0
+            for i, layer in enumerate(layers):
+                a = F.relu(layer(z))
+                if i >= 1:
+                    g = g + a.pow(2).sum(1)
+                z = rms_normalise(a)
+            scores.append(g)
+        acc = (torch.stack(scores, 1).argmax(1) == data.val_y).float().mean().item()
+    return seconds / epochs, acc
+
+
+def reference_cafo_epoch(data: Splits, epochs: int) -> tuple[float, float]:
+    torch.manual_seed(0)
+    net = archs.cnn((1, 28, 28), [32, 128, 512])
+    net.blocks.eval()
+    for p in net.blocks.parameters():
+        p.requires_grad_(False)
+    predictors = [torch.nn.Linear(net.out_features(i), 10, bias=False) for i in range(3)]
+    opts = [torch.optim.Adam(p.parameters(), lr=1e-3) for p in predictors]
+    order = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        for idx in batches(len(data.train_y), 128, order, torch.device("cpu")):
+            h = data.train_x[idx]
+            for block, predictor, opt in zip(net.blocks, predictors, opts):
+                with torch.no_grad():
+                    h = block(h)  # frozen blocks forwarded again for every batch
+                loss = F.cross_entropy(predictor(h.flatten(1)), data.train_y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        h, probs = data.val_x, 0
+        for block, predictor in zip(net.blocks, predictors):
+            h = block(h)
+            probs = probs + F.softmax(predictor(h.flatten(1)), 1)
+        acc = (probs.argmax(1) == data.val_y).float().mean().item()
+    return seconds / epochs, acc
+
+
+def ours_epoch(name: str, arch: dict, data: Splits, epochs: int, **hp_overrides) -> tuple[float, float]:
+    import methods
+    from hydra import compose, initialize_config_dir
+
+    from benchmark.config import CONFIG_DIR
+
+    cls = methods.get(name)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        values = {**dict(compose("config", overrides=[f"method={name}"]).method.hp), **hp_overrides}
+    torch.manual_seed(0)
+    method = cls(arch, data.input_shape, 10, methods.check_hyperparameters(cls.Hyper, values, name), torch.device("cpu"))
+    meters = Meters(MeasureConfig(energy="none", emissions=False, flops=False), torch.device("cpu"))
+    cfg = loop.TrainConfig(epochs=epochs, batch_size=128, eval_batch_size=2000, patience=0, min_delta=0.0, restore_best=False)
+    out = loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
+    return meters.seconds["train"] / epochs, out["metrics"]["val_accuracy"]
+
+
+def section_reference(n_train: int, epochs: int) -> None:
+    data, source = mnist_or_synthetic(n_train)
+    note = f"{n_train} {source} images, {epochs} epochs, batch 128"
+    ref_s, ref_acc = reference_ff_epoch(data, [1000, 1000], epochs)
+    our_s, our_acc = ours_epoch("ff", {"kind": "mlp", "widths": [1000, 1000]}, data, epochs)
+    emit("reference", "FF 2x1000: loeweX-style step (s/epoch)", ref_s, "s", f"val acc {ref_acc:.4f}; {note}")
+    emit("reference", "FF 2x1000: ours (s/epoch)", our_s, "s", f"val acc {our_acc:.4f}; {note}")
+    emit("reference", "FF: ours / reference", our_s / ref_s, "ratio", "goal <= 1")
+    ref_s, ref_acc = reference_cafo_epoch(data, epochs)
+    our_s, our_acc = ours_epoch("cafo_rand", {"kind": "cnn", "channels": [32, 128, 512]}, data, epochs)
+    emit("reference", "CaFo-Rand CE: blocks forwarded per batch (s/epoch)", ref_s, "s", f"val acc {ref_acc:.4f}; {note}")
+    emit("reference", "CaFo-Rand CE: ours, features cached (s/epoch)", our_s, "s", f"val acc {our_acc:.4f}; {note}")
+    emit("reference", "CaFo: ours / reference", our_s / ref_s, "ratio", "goal <= 1")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("overhead", "data", "methods", "reference"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--n-train", type=int, default=10000, help="images for the methods and reference sections")
+    parser.add_argument("--out", default="results/perf.csv")
+    args = parser.parse_args(argv)
+    print(f"{'section':10s} {'item':58s} {'value':>12s} {'unit':10s} note")
+    sections = {
+        "overhead": lambda: section_overhead(args.repeats),
+        "data": lambda: section_data(args.repeats),
+        "methods": lambda: method_throughput(args.n_train),
+        "reference": lambda: section_reference(args.n_train, 2),
+    }
+    for name, run in sections.items():
+        if args.only in (None, name):
+            run()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["section", "item", "value", "unit", "note"])
+        writer.writeheader()
+        writer.writerows(ROWS)
+    print(f"table written to {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
