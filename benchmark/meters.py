@@ -13,7 +13,7 @@ overridden in config `measure.*`):
   assumes a country), one per process, logs silenced, no CSV.
 - peak memory: torch's allocator peak on CUDA (what the method needs, not the CUDA context) and
   NVML's device memory separately; on the CPU the process's peak RSS growth over the run.
-- FLOPs: `count_flops` wraps one training step / one evaluation batch in torch's FlopCounterMode;
+- FLOPs: `measure_flops` wraps one training step / one evaluation batch in torch's FlopCounterMode;
   the loop scales by the steps and samples actually run.
 
 Every figure is recorded as {"value", "unit", "source", "estimated"}: an estimate is never shown
@@ -394,6 +394,8 @@ class Meters:
         }
 
     def _energy_figures(self, emissions: dict, total_s: float) -> dict:
+        if self.cfg.energy == "none":
+            return {}
         if self.energy is not None:
             if isinstance(self.energy, NvmlEnergy):
                 self.energy.stop_sampling()

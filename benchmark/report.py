@@ -166,10 +166,14 @@ def significance_sentences(rows: list[Row]) -> list[dict]:
 
 def to_target(run: dict, target: float) -> tuple[float, float]:
     """Cumulative (training seconds, joules) at the first epoch whose val accuracy >= target."""
-    for h in run["metrics"].get("history", []):
+    history = run["metrics"].get("history", [])
+    # Energy per epoch exists only with a hardware counter (NVML, RAPL); CodeCarbon's estimate is one
+    # figure per run, so energy-to-target is then unknown (nan), not "never reached" (inf).
+    metered = any(h.get("energy_j_cum") for h in history)
+    for h in history:
         if h.get("val_accuracy") is not None and h["val_accuracy"] >= target:
-            return h.get("train_seconds_cum", math.inf), h.get("energy_j_cum", math.inf) or math.inf
-    return math.inf, math.inf
+            return h.get("train_seconds_cum", math.inf), (h["energy_j_cum"] if metered else math.nan)
+    return math.inf, (math.inf if metered else math.nan)
 
 
 def targets_per_dataset(rows: list[Row], fraction: float) -> dict[str, float]:
@@ -202,6 +206,8 @@ def performance_profile(costs: pd.DataFrame, column: str, taus: np.ndarray) -> d
     # A method may appear on several archs of one workload (BP): its best arch counts.
     best_per = costs.groupby(["dataset", "method"])[column].min().unstack("method")
     best = best_per.min(axis=1)
+    if best_per.isna().all().all():
+        return {}  # not measured (energy without a hardware counter)
     profiles = {}
     for method in best_per.columns:
         ratio = best_per[method] / best
@@ -314,8 +320,10 @@ def plot_cost_to_target(costs: pd.DataFrame, figs: Figures) -> None:
         vals = costs[col].replace(np.inf, np.nan)
         ax.barh(labels, vals)
         for i, v in enumerate(costs[col]):
-            if not np.isfinite(v):
+            if np.isinf(v):
                 ax.text(0, i, " never reached", va="center", fontsize=7, color="crimson")
+            elif np.isnan(v):
+                ax.text(0, i, " not measured per epoch", va="center", fontsize=7, color="grey")
         ax.set_xlabel(label)
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
@@ -327,8 +335,11 @@ def plot_profiles(costs: pd.DataFrame, figs: Figures) -> None:
     taus = np.linspace(1, 4, 61)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, (col, what) in zip(axes, (("time_s", "time"), ("energy_j", "energy"))):
-        for method, rho in performance_profile(costs, col, taus).items():
+        profiles = performance_profile(costs, col, taus)
+        for method, rho in profiles.items():
             ax.step(taus, rho, where="post", label=method)
+        if not profiles:
+            ax.text(2.5, 0.5, f"no per-epoch {what} measurement", ha="center", fontsize=8, color="grey")
         ax.set_xlabel("tau (cost / best method's cost)")
         ax.set_ylabel(f"fraction of workloads ({what} to target)")
         ax.set_ylim(-0.02, 1.02)

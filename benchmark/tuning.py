@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -70,7 +71,15 @@ def open_storage(spec: str):
     if spec.startswith("sqlite"):
         # Several local processes on one SQLite file wait for the lock instead of failing.
         return optuna.storages.RDBStorage(spec, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(spec, heartbeat_interval=30, grace_period=120)
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(spec, heartbeat_interval=30, grace_period=120)
+        except Exception:  # noqa: BLE001 - two workers creating the schema at once collide: retry
+            if attempt == 2:
+                raise
+            time.sleep(0.5 + random.random())
 
 
 def claim_lock_path(spec: str, cfg) -> Path | None:

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, compose
-from tests.test_tuning import CELL, check_consistent, cli_tune
+from tests.test_tuning import two_workers_exactly_the_budget
 
 
 def server_binary(name: str) -> str | None:
@@ -55,10 +54,4 @@ def postgres_url(tmp_path_factory):
 
 
 def test_two_workers_share_one_postgres_study(tmp_path, postgres_url):
-    args = ("tuning.n_trials=6", "tuning.max_epochs=3", "tuning.n_seeds=2", f"tuning.storage={postgres_url}")
-    workers = [subprocess.Popen(cli_tune(tmp_path, *args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
-    outs = [w.communicate(timeout=300) for w in workers]
-    assert all(w.returncode == 0 for w in workers), [o[1][-800:] for o in outs]
-    job = compose(*CELL, f"results_dir={tmp_path}", *args)
-    check_consistent(tmp_path, job, 6, 2)
+    two_workers_exactly_the_budget(tmp_path, postgres_url)

@@ -111,14 +111,19 @@ def test_killed_sweep_resumes_to_exactly_the_requested_counts(tmp_path):
     check_consistent(tmp_path, job, 5, 2)
 
 
-def test_two_workers_on_one_journal_file_run_exactly_the_budget(tmp_path):
-    journal = tmp_path / "journal.log"
-    args = ("tuning.n_trials=6", "tuning.max_epochs=3", "tuning.n_seeds=2", f"tuning.storage=journal:{journal}")
+def two_workers_exactly_the_budget(tmp_path, storage: str):
+    """Two worker processes tune one cell on `storage` at once; the budget holds exactly."""
+    args = ("tuning.n_trials=6", "tuning.max_epochs=3", "tuning.n_seeds=2", f"tuning.storage={storage}")
     workers = [subprocess.Popen(cli_tune(tmp_path, *args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
     outs = [w.communicate(timeout=300) for w in workers]
-    assert all(w.returncode == 0 for w in workers), [o[1][-500:] for o in outs]
+    assert all(w.returncode == 0 for w in workers), [o[1][-800:] for o in outs]
     job = compose(*CELL, f"results_dir={tmp_path}", *args)
     check_consistent(tmp_path, job, 6, 2)
+    return job
+
+
+def test_two_workers_on_one_journal_file_run_exactly_the_budget(tmp_path):
+    job = two_workers_exactly_the_budget(tmp_path, f"journal:{tmp_path / 'journal.log'}")
     study = study_of(job)
     assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2  # both really worked
