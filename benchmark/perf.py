@@ -344,6 +344,7 @@ def main(argv=None) -> None:
     parser.add_argument("--only", choices=("overhead", "data", "methods", "reference"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-train", type=int, default=10000, help="images for the methods and reference sections")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the reference comparisons")
     parser.add_argument("--out", default="results/perf.csv")
     args = parser.parse_args(argv)
     print(f"{'section':10s} {'item':58s} {'value':>12s} {'unit':10s} note")
@@ -351,7 +352,7 @@ def main(argv=None) -> None:
         "overhead": lambda: section_overhead(args.repeats),
         "data": lambda: section_data(args.repeats),
         "methods": lambda: method_throughput(args.n_train),
-        "reference": lambda: section_reference(args.n_train, 2),
+        "reference": lambda: section_reference(args.n_train, args.epochs),
     }
     for name, run in sections.items():
         if args.only in (None, name):

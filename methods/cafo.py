@@ -116,27 +116,32 @@ class CaFoBase(Method):
         return [torch.cat(o) for o in outs]
 
     @torch.no_grad()
-    def fit_batchnorm(self, x: torch.Tensor, chunk: int = 2000) -> None:
-        """Set the blocks' BatchNorm statistics to the training set's (cumulative average)."""
-        bns = [m for m in self.modules["blocks"].modules() if isinstance(m, nn.BatchNorm2d)]
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None
-        self.modules["blocks"].train()
-        for start in range(0, len(x), chunk):
-            h = x[start : start + chunk]
-            for block in self.modules["blocks"]:
-                h = block(h)
-        self.modules["blocks"].eval()
+    def fit_batchnorm_and_extract(self, x: torch.Tensor, chunk: int = 2000) -> list[torch.Tensor]:
+        """One pass over the training set that both sets each random block's BatchNorm statistics
+        to the training set's and returns every block's flattened output: block by block, the
+        layers before BatchNorm run on all of x, their per-channel mean and variance become the
+        running statistics, and the normalised output feeds the next block."""
+        features, h = [], x
+        for block in self.modules["blocks"]:
+            *body, bn = block  # conv -> ReLU -> pool, then BatchNorm
+            pre = torch.cat([nn.Sequential(*body)(h[i : i + chunk]) for i in range(0, len(h), chunk)])
+            bn.running_mean.copy_(pre.mean(dim=(0, 2, 3)))
+            bn.running_var.copy_(pre.var(dim=(0, 2, 3)))
+            bn.eval()
+            h = torch.cat([bn(pre[i : i + chunk]) for i in range(0, len(pre), chunk)])
+            del pre
+            features.append(h.flatten(1))
+        return features
 
     def freeze_blocks(self, train_x: torch.Tensor) -> None:
-        if not self.train_blocks:  # random blocks: statistics from the training set
-            self.fit_batchnorm(train_x)
         self.modules["blocks"].eval()
         self.set_blocks_trainable(False)
         self.blocks_frozen = True
         self._eval_cache.clear()
-        self._train_features = self.block_features(train_x)
+        if self.train_blocks:  # DFA-trained blocks keep the statistics they learned with
+            self._train_features = self.block_features(train_x)
+        else:  # random blocks: statistics from the training set, in the same single pass
+            self._train_features = self.fit_batchnorm_and_extract(train_x)
 
     # -- the predictors' local losses -----------------------------------------------------------
     def start_phase(self, phase, train_x, train_y, total_steps):
