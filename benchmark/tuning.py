@@ -212,7 +212,9 @@ def worker_identity() -> dict:
 
 
 def worker_alive(attrs: dict) -> bool:
-    if attrs.get("worker_host") != socket.gethostname():
+    if "worker_host" not in attrs:
+        return True  # not yet labelled: being claimed right now (see recover_dead_trials)
+    if attrs["worker_host"] != socket.gethostname():
         return True  # another machine: database heartbeats (fail_stale_trials) decide
     try:
         proc = psutil.Process(attrs["worker_pid"])
@@ -221,21 +223,28 @@ def worker_alive(attrs: dict) -> bool:
         return False
 
 
-def recover_dead_trials(study: optuna.Study, records: dict[str, dict]) -> None:
-    """Trials left RUNNING by a dead worker: told what the worker recorded, or failed (slot re-run)."""
+def recover_dead_trials(study: optuna.Study, records: dict[str, dict], lock: Path | None) -> None:
+    """Trials left RUNNING by a dead worker: told what the worker recorded, or failed (slot re-run).
+
+    With a file storage the claim lock is held while checking: a worker asks for a trial and labels
+    it with its identity under that lock, so a RUNNING trial with no identity seen under the lock
+    belongs to a worker killed in between. Database servers rely on heartbeats instead."""
     if getattr(study._storage, "get_heartbeat_interval", lambda: None)():  # database servers only
         with contextlib.suppress(Exception), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if worker_alive(trial.user_attrs):
-            continue
-        record = records.get(trial.user_attrs.get("run_id"))
-        if record is not None:
-            tell_from_record(study, trial.number, record)
-        else:
-            study._storage.set_trial_user_attr(trial._trial_id, "reason", DEAD)
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    with file_lock(lock):
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            attrs = trial.user_attrs
+            orphan = lock is not None and "worker_host" not in attrs
+            if not orphan and worker_alive(attrs):
+                continue
+            record = records.get(attrs.get("run_id"))
+            if record is not None:
+                tell_from_record(study, trial.number, record)
+            else:
+                study._storage.set_trial_user_attr(trial._trial_id, "reason", DEAD)
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def tell_from_record(study: optuna.Study, number: int, record: dict) -> None:
@@ -392,8 +401,8 @@ def tune_cell(job: Checked) -> list[dict]:
     cfg = job.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, spec = study_for(job)
-    recover_dead_trials(study, records_by_id(cfg))
     lock = claim_lock_path(spec, cfg)
+    recover_dead_trials(study, records_by_id(cfg), lock)
     n_trials = int(cfg.tuning.n_trials)
     space = to_dict(cfg.method.get("search_space") or {})
     first = defaults_in_space(job.hp, space) if cfg.tuning.enqueue_defaults else None
@@ -403,7 +412,7 @@ def tune_cell(job: Checked) -> list[dict]:
               + (f", val accuracy {record['metrics']['val_accuracy']:.4f}" if record["metrics"].get("val_accuracy") is not None else ""))
     # Wait for trials other live workers are still running: the best setting is only known then.
     while any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
-        recover_dead_trials(study, records_by_id(cfg))
+        recover_dead_trials(study, records_by_id(cfg), lock)
         time.sleep(2)
     finals = run_finals(job, study, spec)
     for r in finals:

@@ -127,3 +127,18 @@ def test_two_workers_on_one_journal_file_run_exactly_the_budget(tmp_path):
     job = two_workers_exactly_the_budget(tmp_path, f"journal:{tmp_path / 'journal.log'}")
     study = study_of(job)
     assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2  # both really worked
+
+
+def test_trial_orphaned_between_ask_and_labelling_is_recovered(tmp_path):
+    """A worker killed right after study.ask(), before it labelled the trial with its identity,
+    leaves an unlabelled RUNNING trial: the next run must fail it and re-run the slot, not wait."""
+    args = ("tuning.n_trials=3", "tuning.max_epochs=2", "tuning.n_seeds=1")
+    job = compose(*CELL, f"results_dir={tmp_path}", *args)
+    study, _ = tuning.study_for(job)
+    orphan = study.ask()
+    done = subprocess.run(cli_tune(tmp_path, *args), cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-1000:]
+    study = study_of(job)
+    assert study.trials[orphan.number].state.name == "FAIL"
+    assert study.trials[orphan.number].user_attrs["reason"] == tuning.DEAD
+    check_consistent(tmp_path, job, 3, 1)
