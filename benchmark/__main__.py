@@ -24,33 +24,34 @@ def fail(err: UserError) -> None:
     sys.exit(2)
 
 
+def report_run(record: dict, cfg: DictConfig) -> None:
+    from benchmark import results
+
+    acc = record["metrics"].get("test_accuracy")
+    print(
+        f"{record['cell']} seed={record['seed']}: {record['status']}"
+        + (f", test accuracy {acc:.4f}" if acc is not None else "")
+        + (f" ({record['error']})" if record["error"] else "")
+        + f" -> {results.runs_file(cfg.results_dir, cfg.experiment_name)}"
+    )
+    if record["status"] == "failed":
+        sys.exit(1)
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def task(cfg: DictConfig) -> None:
-    from benchmark import results, runner
+    from benchmark import runner, tuning
 
     try:
         job = check(cfg)
-    except UserError as err:
+        if not job.supported:
+            print(f"skipped {runner.cell_name(cfg)}: {cfg.method.name} does not run on {cfg.arch.kind} architectures")
+        elif cfg.mode == "tune":
+            tuning.tune_cell(job)
+        else:
+            report_run(runner.execute(job), cfg)
+    except UserError as err:  # also one that only shows now, e.g. a download that failed
         fail(err)
-    if not job.supported:
-        print(f"skipped {runner.cell_name(cfg)}: {cfg.method.name} does not run on {cfg.arch.kind} architectures")
-        return
-    if cfg.mode == "tune":
-        from benchmark import tuning
-
-        tuning.tune_cell(job)
-    else:
-        record = runner.execute(job)
-        m = record["metrics"]
-        acc = m.get("test_accuracy")
-        print(
-            f"{record['cell']} seed={record['seed']}: {record['status']}"
-            + (f", test accuracy {acc:.4f}" if acc is not None else "")
-            + (f" ({record['error']})" if record["error"] else "")
-            + f" -> {results.runs_file(cfg.results_dir, cfg.experiment_name)}"
-        )
-        if record["status"] == "failed":
-            sys.exit(1)
 
 
 def main() -> None:
