@@ -96,7 +96,7 @@ def train(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     history: list[dict] = []
     status, stop_reason, error = "completed", "max_epochs", None
-    best_acc, best_epoch, samples_seen, epoch_no = -1.0, 0, 0, 0
+    best_epoch, samples_seen, epoch_no = 0, 0, 0
     phases = method.phases(cfg.epochs)
     bar = progress_bar(sum(p.epochs for p in phases), desc)
     try:
@@ -138,7 +138,7 @@ def train(
                 bar.set_postfix(phase=phase.name, loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
                 if val_acc > phase_best + cfg.min_delta:
                     phase_best, bad_epochs = val_acc, 0
-                    best_acc, best_epoch = val_acc, epoch_no
+                    best_epoch = epoch_no
                     if cfg.restore_best:
                         phase_state = method.state_dict()
                 else:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
 import random
 import socket
 import time
@@ -34,7 +33,6 @@ from pathlib import Path
 
 import optuna
 import psutil
-from omegaconf import OmegaConf
 
 from benchmark import loop, results, runner
 from benchmark.config import Checked, to_dict

@@ -78,7 +78,7 @@ class Locality:
 
 def check_hyperparameters(schema: type, values: dict, method: str):
     """The method's hyperparameter dataclass built from config values (one-line UserError if bad)."""
-    return check_fields(f"method.hp", schema, values, f"configs/method/{method}.yaml")
+    return check_fields("method.hp", schema, values, f"configs/method/{method}.yaml")
 
 
 class Method:

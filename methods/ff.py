@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark import archs
 from methods import Locality, Method, register
 from methods._optim import OPTIMIZERS, make_optimizer
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def compose(*overrides: str):
@@ -36,21 +35,3 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
         [sys.executable, "-m", "benchmark", *args],
         capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout,
     )
-
-
-@pytest.fixture(scope="session")
-def mnist_root(tmp_path_factory):
-    """The offline MNIST copy unpacked where torchvision expects it (as ../shared/data/prepare.py
-    does, without unpacking CIFAR), or a skip where that copy is absent."""
-    import gzip
-    import shutil
-
-    source = SHARED_DATA / "MNIST" / "raw"
-    if not source.is_dir():
-        pytest.skip("no ../shared/data/MNIST here: the offline MNIST copy is needed")
-    root = tmp_path_factory.mktemp("data")
-    (root / "MNIST" / "raw").mkdir(parents=True)
-    for gz in source.glob("*.gz"):
-        with gzip.open(gz) as src, open(root / "MNIST" / "raw" / gz.stem, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return root

@@ -1,7 +1,6 @@
 """Every shipped config composes, and every experiment pairs each method with BP on the same cell."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -1,7 +1,6 @@
 """Tuning: pruning, budgets, finals on distinct seeds, resuming after kill -9, several workers."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
