@@ -144,13 +144,15 @@ def check_writable(folder: Path) -> None:
 # Expanding a command line into the jobs it launches, with Hydra's own parser.
 
 
-def _compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
-    from hydra import compose, initialize_config_dir
+def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    """The config `python -m benchmark <overrides>` composes (Hydra's compose API), unchecked."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose("config", overrides=overrides, return_hydra_config=with_hydra)
+            return hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
     except HydraException as err:
         raise _one_line(err) from None
     except Exception as err:  # OmegaConf errors (a bad interpolation, a wrong type in a merge)
@@ -183,7 +185,7 @@ def expand(argv: list[str]) -> list[list[str]]:
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise UserError(f"'{sweeps[0].input_line}' is a sweep but -m was not given", "add -m (multirun)")
-    full = _compose(base, with_hydra=True)
+    full = compose(base, with_hydra=True)
     if full.hydra.mode is not None and str(full.hydra.mode).endswith("MULTIRUN"):
         multirun = True
     axes = []
@@ -200,7 +202,7 @@ def expand(argv: list[str]) -> list[list[str]]:
 
 def preflight(argv: list[str]) -> list[Checked]:
     """Compose and check every job of `argv`. Raises UserError before anything trains."""
-    jobs = [check(_compose(overrides)) for overrides in expand(argv)]
+    jobs = [check(compose(overrides)) for overrides in expand(argv)]
     if not any(job.supported for job in jobs):
         raise UserError("no job of this grid can run: every method x arch pair is unsupported", "fix the grid's arch list")
     return jobs

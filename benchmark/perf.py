@@ -82,6 +82,18 @@ def interleaved(candidates: dict, repeats: int) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------
 
 
+def method_from_config(name: str, arch: str, input_shape):
+    """A method built exactly as `python -m benchmark method=<name> arch=<arch>` builds it."""
+    import methods
+    from benchmark.config import compose, to_dict
+
+    cfg = compose([f"method={name}", f"arch={arch}"])
+    cls = methods.get(name)
+    hp = methods.check_hyperparameters(cls.Hyper, to_dict(cfg.method.hp), name)
+    torch.manual_seed(0)
+    return cls(to_dict(cfg.arch), input_shape, 10, hp, torch.device("cpu"))
+
+
 def bp_method(input_shape):
     from methods.bp import BP, BPHyper
 
@@ -181,18 +193,9 @@ def method_throughput(n_train: int, epochs: int = 1) -> None:
     peak = matmul_peak()
     emit("methods", "fp32 matmul peak (4096^3 GEMM)", peak / 1e9, "GFLOP/s", f"{torch.get_num_threads()} threads")
     data, source = mnist_or_synthetic(n_train)
-    native = {"mlp": {"kind": "mlp", "widths": [1000, 1000]}, "cnn": {"kind": "cnn", "channels": [32, 128, 512]}}
-    from hydra import compose, initialize_config_dir
-
-    from benchmark.config import CONFIG_DIR
-
     for name in methods.names():
         cls = methods.get(name)
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            hp_values = dict(compose("config", overrides=[f"method={name}"]).method.hp)
-        hp = methods.check_hyperparameters(cls.Hyper, hp_values, name)
-        torch.manual_seed(0)
-        method = cls(native[cls.supported_archs[0]], data.input_shape, 10, hp, torch.device("cpu"))
+        method = method_from_config(name, cls.supported_archs[0], data.input_shape)
         meters = Meters(MeasureConfig(energy="none", emissions=False), torch.device("cpu"))
         cfg = loop.TrainConfig(epochs=epochs * len(method.phases(1)), batch_size=128, eval_batch_size=2000,
                                patience=0, min_delta=0.0, restore_best=False)
@@ -307,17 +310,8 @@ def reference_cafo_epoch(data: Splits, epochs: int) -> tuple[float, float]:
     return seconds / epochs, acc
 
 
-def ours_epoch(name: str, arch: dict, data: Splits, epochs: int, **hp_overrides) -> tuple[float, float]:
-    import methods
-    from hydra import compose, initialize_config_dir
-
-    from benchmark.config import CONFIG_DIR
-
-    cls = methods.get(name)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        values = {**dict(compose("config", overrides=[f"method={name}"]).method.hp), **hp_overrides}
-    torch.manual_seed(0)
-    method = cls(arch, data.input_shape, 10, methods.check_hyperparameters(cls.Hyper, values, name), torch.device("cpu"))
+def ours_epoch(name: str, arch: str, data: Splits, epochs: int) -> tuple[float, float]:
+    method = method_from_config(name, arch, data.input_shape)
     meters = Meters(MeasureConfig(energy="none", emissions=False, flops=False), torch.device("cpu"))
     cfg = loop.TrainConfig(epochs=epochs, batch_size=128, eval_batch_size=2000, patience=0, min_delta=0.0, restore_best=False)
     out = loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
@@ -328,12 +322,12 @@ def section_reference(n_train: int, epochs: int) -> None:
     data, source = mnist_or_synthetic(n_train)
     note = f"{n_train} {source} images, {epochs} epochs, batch 128"
     ref_s, ref_acc = reference_ff_epoch(data, [1000, 1000], epochs)
-    our_s, our_acc = ours_epoch("ff", {"kind": "mlp", "widths": [1000, 1000]}, data, epochs)
+    our_s, our_acc = ours_epoch("ff", "mlp", data, epochs)  # mlp = 2x1000
     emit("reference", "FF 2x1000: loeweX-style step (s/epoch)", ref_s, "s", f"val acc {ref_acc:.4f}; {note}")
     emit("reference", "FF 2x1000: ours (s/epoch)", our_s, "s", f"val acc {our_acc:.4f}; {note}")
     emit("reference", "FF: ours / reference", our_s / ref_s, "ratio", "goal <= 1")
     ref_s, ref_acc = reference_cafo_epoch(data, epochs)
-    our_s, our_acc = ours_epoch("cafo_rand", {"kind": "cnn", "channels": [32, 128, 512]}, data, epochs)
+    our_s, our_acc = ours_epoch("cafo_rand", "cnn", data, epochs)
     emit("reference", "CaFo-Rand CE: blocks forwarded per batch (s/epoch)", ref_s, "s", f"val acc {ref_acc:.4f}; {note}")
     emit("reference", "CaFo-Rand CE: ours, features cached (s/epoch)", our_s, "s", f"val acc {our_acc:.4f}; {note}")
     emit("reference", "CaFo: ours / reference", our_s / ref_s, "ratio", "goal <= 1")

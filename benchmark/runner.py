@@ -71,7 +71,7 @@ def execute(
     except loop.Pruned:
         raise
     except Exception as err:  # noqa: BLE001 - any fault in a trial is recorded, the sweep goes on
-        if isinstance(err, torch.OutOfMemoryError) or isinstance(err, MemoryError):
+        if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
             reason = f"out of memory: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         else:
             reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

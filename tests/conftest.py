@@ -15,7 +15,7 @@ def compose(*overrides: str):
     """A checked config (benchmark.config.Checked), as `python -m benchmark <overrides>` builds it."""
     from benchmark import config
 
-    return config.check(config._compose(list(overrides)))
+    return config.check(config.compose(list(overrides)))
 
 
 @pytest.fixture
