@@ -7,6 +7,11 @@ a linear head. Presets live in configs/arch/*.yaml.
 - `mlp`: flatten, then per width a block Linear -> ReLU.
 - `cnn`: the 3-block CNN of Cascaded-Forward and its BP baseline: per block
   conv3x3 (padding 1) -> ReLU -> maxpool 2 -> BatchNorm, channels 32, 128, 512.
+- `resnet`: ResNet-18-style (He et al. 2016, CIFAR variant): a 3x3 stem, then four stages of
+  two basic residual blocks each at widths w, 2w, 4w, 8w (stride 2 from the second stage on).
+  Every stem/residual block is one block of the list, so block-local methods cut between residual
+  blocks, never inside one. `width` 64 is ResNet-18; small widths (8, 16) fit a CPU budget.
+  Its head pools globally before the linear layer.
 """
 from __future__ import annotations
 
@@ -22,16 +27,22 @@ from benchmark.errors import UserError
 class Blocks:
     blocks: nn.ModuleList
     out_shapes: list[tuple[int, ...]]  # shape of each block's output, batch dimension left out
+    pool_head: bool = False  # the end-to-end head averages over space before its linear layer
 
     def out_features(self, i: int) -> int:
         return int(torch.Size(self.out_shapes[i]).numel())
 
 
-def mlp(input_shape: tuple[int, ...], widths: list[int], bias: bool = True) -> Blocks:
+ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
+
+
+def mlp(input_shape: tuple[int, ...], widths: list[int], bias: bool = True, activation: str = "relu") -> Blocks:
+    if activation not in ACTIVATIONS:
+        raise UserError(f"arch.activation '{activation}' is unknown", f"choose one of: {', '.join(ACTIVATIONS)}")
     blocks, shapes, fan_in = [], [], int(torch.Size(input_shape).numel())
     for i, width in enumerate(widths):
         layers = [nn.Flatten()] if i == 0 else []
-        layers += [nn.Linear(fan_in, width, bias=bias), nn.ReLU()]
+        layers += [nn.Linear(fan_in, width, bias=bias), ACTIVATIONS[activation]()]
         blocks.append(nn.Sequential(*layers))
         shapes.append((width,))
         fan_in = width
@@ -60,7 +71,48 @@ def cnn(input_shape: tuple[int, ...], channels: list[int], kernel_size: int = 3)
     return Blocks(nn.ModuleList(blocks), shapes)
 
 
-ARCHS = {"mlp": mlp, "cnn": cnn}
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and a shortcut (1x1 conv where the shape changes)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(),
+            nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False), nn.BatchNorm2d(out_ch),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet(input_shape: tuple[int, ...], width: int = 64, blocks_per_stage: int = 2) -> Blocks:
+    in_ch, height, wide = input_shape
+    stem = nn.Sequential(nn.Conv2d(in_ch, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+    blocks, shapes, ch = [stem], [(width, height, wide)], width
+    for stage in range(4):
+        out_ch = width * 2**stage
+        for i in range(blocks_per_stage):
+            stride = 2 if stage > 0 and i == 0 else 1
+            blocks.append(BasicBlock(ch, out_ch, stride))
+            height, wide = (height + stride - 1) // stride, (wide + stride - 1) // stride
+            shapes.append((out_ch, height, wide))
+            ch = out_ch
+    return Blocks(nn.ModuleList(blocks), shapes, pool_head=True)
+
+
+ARCHS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
+
+
+def validate(arch_cfg: dict) -> None:
+    """The checks that need no input shape, run before any training (one-line UserError)."""
+    if arch_cfg.get("kind") not in ARCHS:
+        raise UserError(f"unknown arch.kind '{arch_cfg.get('kind')}'", f"choose one of: {', '.join(ARCHS)}")
+    activation = arch_cfg.get("activation", "relu")
+    if arch_cfg["kind"] == "mlp" and activation not in ACTIVATIONS:
+        raise UserError(f"arch.activation '{activation}' is unknown", f"choose one of: {', '.join(ACTIVATIONS)}")
 
 
 def build(arch_cfg: dict, input_shape: tuple[int, ...]) -> Blocks:
@@ -72,13 +124,24 @@ def build(arch_cfg: dict, input_shape: tuple[int, ...]) -> Blocks:
     return ARCHS[kind](tuple(input_shape), **params)
 
 
+def through(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """x through every block in order (prediction of methods that train blocks separately)."""
+    for block in blocks:
+        x = block(x)
+    return x
+
+
 class Chain(nn.Module):
     """Blocks applied in order, then a linear head: the end-to-end network BP trains."""
 
     def __init__(self, net: Blocks, num_classes: int):
         super().__init__()
         self.blocks = net.blocks
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(net.out_features(len(net.blocks) - 1), num_classes))
+        last = net.out_shapes[-1]
+        if net.pool_head:
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(last[0], num_classes))
+        else:
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(net.out_features(len(net.blocks) - 1), num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

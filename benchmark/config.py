@@ -38,6 +38,9 @@ class TrainSchema:
     patience: int = field(metadata={"ge": 0})
     min_delta: float = field(metadata={"ge": 0})
     restore_best: bool = field(metadata={})
+    compile: bool = field(metadata={})
+    autocast: str = field(metadata={"choices": ("none", "bf16")})
+    channels_last: bool = field(metadata={})
 
 
 @dataclass
@@ -104,6 +107,9 @@ def check(cfg: DictConfig) -> Checked:
     method_cls = methods.get(cfg.method.name)
     hp = methods.check_hyperparameters(method_cls.Hyper, to_dict(cfg.method.hp), cfg.method.name)
     arch = to_dict(cfg.arch)
+    from benchmark import archs
+
+    archs.validate(arch)
     supported = True
     try:
         method_cls.check_arch(arch)
@@ -116,6 +122,7 @@ def check(cfg: DictConfig) -> Checked:
     dataset = check_fields("dataset", DatasetSchema, to_dict(cfg.dataset), "configs/dataset/")
     data_mod.check_available(dataset.name, cfg.data.root, bool(cfg.data.download))
     device = resolve_device(str(cfg.device))
+    check_speed_options(train, method_cls, device)
     check_writable(Path(cfg.results_dir) / cfg.experiment_name)
     from benchmark import results
 
@@ -125,6 +132,15 @@ def check(cfg: DictConfig) -> Checked:
 
         tuning.check_settings(cfg)
     return Checked(cfg, method_cls, hp, train, measure, device, supported)
+
+
+def check_speed_options(train: TrainConfig, method_cls, device: torch.device) -> None:
+    if train.compile and not getattr(method_cls, "compilable", True):
+        raise UserError(f"train.compile=true: method '{method_cls.name}' cannot be compiled ({method_cls.compile_note})",
+                        "set train.compile=false for this method")
+    if train.autocast == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"train.autocast=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support",
+                        "set train.autocast=none")
 
 
 def check_writable(folder: Path) -> None:

@@ -9,9 +9,20 @@ evaluated once, unless the caller is a tuning trial (which never sees the test s
 Cost discipline: the loss is summed on the device and read once per epoch (one sync per epoch,
 not per step); FLOPs are counted on the first step of each phase and the first evaluation batch
 only, then scaled by what was run.
+
+Speed options (config `train.*`, all off by default; `make perf` measures whether each helps on
+the machine at hand, see README):
+- `compile`: torch.compile each of the method's blocks and heads in place (the modules stay the
+  same objects, so state dicts, optimisers and the audit are unchanged). Methods that trace their
+  own forward with torch.func (`compilable = False`) refuse it.
+- `autocast`: "bf16" runs every training step and prediction under torch.autocast(bfloat16);
+  parameters, optimiser state and the loss sum stay float32.
+- `channels_last`: image tensors and the method's conv weights in NHWC memory format.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import random
 import sys
@@ -43,6 +54,48 @@ class TrainConfig:
     patience: int  # epochs without improvement before stopping; 0 turns early stopping off
     min_delta: float  # an improvement smaller than this (in accuracy, 0..1) does not count
     restore_best: bool
+    compile: bool = False
+    autocast: str = "none"  # none | bf16
+    channels_last: bool = False
+
+
+def precision(cfg: TrainConfig, device: torch.device):
+    """The autocast context of training steps and predictions (a no-op unless autocast=bf16)."""
+    if cfg.autocast == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def compile_modules(root: torch.nn.Module) -> int:
+    """torch.compile, in place, every module held in the method's ModuleDicts/ModuleLists (its
+    blocks, heads, predictors). Returns how many were compiled."""
+    count = 0
+    for child in root.children():
+        if isinstance(child, (torch.nn.ModuleDict, torch.nn.ModuleList)):
+            count += compile_modules(child)
+        else:
+            child.compile()
+            count += 1
+    return count
+
+
+def apply_speed_options(method: Method, data: Splits, cfg: TrainConfig) -> Splits:
+    """Apply `compile` and `channels_last` before training; returns the data to train on."""
+    if cfg.channels_last:
+        method.modules.to(memory_format=torch.channels_last)
+        nhwc = {
+            k: v.contiguous(memory_format=torch.channels_last)
+            for k, v in vars(data).items() if isinstance(v, torch.Tensor) and v.dim() == 4
+        }
+        data = dataclasses.replace(data, **nhwc)  # a copy: the cached splits stay as they were
+    if cfg.compile:
+        count = compile_modules(method.modules)
+        # Blocks of one kind share their forward's code object, and dynamo caches compiled code per
+        # code object (8 entries by default): without this, blocks past the 8th silently run eager.
+        import torch._dynamo as dynamo
+
+        dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 4 * count)
+    return data
 
 
 def seed_everything(seed: int) -> None:
@@ -52,7 +105,8 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(method: Method, x: torch.Tensor, y: torch.Tensor, batch_size: int, meters: Meters, flops_key: str):
+def evaluate(method: Method, x: torch.Tensor, y: torch.Tensor, batch_size: int, meters: Meters, flops_key: str,
+             autocast=contextlib.nullcontext):
     """(accuracy, mean cross-entropy of the method's class scores) over x, y.
 
     Evaluation FLOPs per sample are counted once per `flops_key` (the phase: prediction can change
@@ -61,11 +115,12 @@ def evaluate(method: Method, x: torch.Tensor, y: torch.Tensor, batch_size: int, 
     correct, loss_sum = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
     for start in range(0, len(y), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        if start == 0 and flops_key not in meters.eval_flops_per_sample:
-            scores, flops = meters.measure_flops(lambda: method.predict(xb))
-            meters.eval_flops_per_sample[flops_key] = flops / len(yb)
-        else:
-            scores = method.predict(xb)
+        with autocast():
+            if start == 0 and flops_key not in meters.eval_flops_per_sample:
+                scores, flops = meters.measure_flops(lambda: method.predict(xb))
+                meters.eval_flops_per_sample[flops_key] = flops / len(yb)
+            else:
+                scores = method.predict(xb)
         correct += (scores.argmax(1) == yb).sum()
         loss_sum += F.cross_entropy(scores.float(), yb, reduction="sum")
     method.train(True)
@@ -92,6 +147,8 @@ def train(
 ) -> dict:
     """Train `method` on `data` and return the run's metrics (see benchmark/results.py)."""
     order = torch.Generator().manual_seed(seed)
+    data = apply_speed_options(method, data, cfg)
+    autocast = lambda: precision(cfg, data.train_x.device)  # noqa: E731
     n = len(data.train_y)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     history: list[dict] = []
@@ -116,12 +173,13 @@ def train(
                     loss_sum = torch.zeros((), device=data.train_x.device)
                     for step, idx in enumerate(batches(n, cfg.batch_size, order, data.train_x.device)):
                         x, y = data.train_x[idx], data.train_y[idx]
-                        if step_flops_per_sample is None:
-                            loss, flops = meters.measure_flops(lambda: method.train_step(x, y, idx))
-                            step_flops_per_sample = flops / len(idx)
-                        else:
-                            loss = method.train_step(x, y, idx)
-                        loss_sum += loss
+                        with autocast():
+                            if step_flops_per_sample is None:
+                                loss, flops = meters.measure_step(lambda: method.train_step(x, y, idx), method.modules.parameters())
+                                step_flops_per_sample = flops / len(idx)
+                            else:
+                                loss = method.train_step(x, y, idx)
+                        loss_sum += loss.float()
                     train_loss = loss_sum.item() / steps_per_epoch  # the epoch's one sync
                 samples_seen += n
                 meters.add_flops("train", step_flops_per_sample * n)
@@ -131,7 +189,7 @@ def train(
                     history.append(_epoch_record(epoch_no, phase.name, train_loss, None, None, meters, t0))
                     break
                 with meters.window("eval"):
-                    val_acc, val_loss = evaluate(method, data.val_x, data.val_y, cfg.eval_batch_size, meters, phase.name)
+                    val_acc, val_loss = evaluate(method, data.val_x, data.val_y, cfg.eval_batch_size, meters, phase.name, autocast)
                 record = _epoch_record(epoch_no, phase.name, train_loss, val_acc, val_loss, meters, t0)
                 history.append(record)
                 bar.update(1)
@@ -176,11 +234,11 @@ def train(
         with meters.window("eval"):
             final = phases[-1].name
             metrics["val_accuracy"], metrics["val_loss"] = evaluate(
-                method, data.val_x, data.val_y, cfg.eval_batch_size, meters, final
+                method, data.val_x, data.val_y, cfg.eval_batch_size, meters, final, autocast
             )
             if evaluate_test:
                 metrics["test_accuracy"], metrics["test_loss"] = evaluate(
-                    method, data.test_x, data.test_y, cfg.eval_batch_size, meters, final
+                    method, data.test_x, data.test_y, cfg.eval_batch_size, meters, final, autocast
                 )
         metrics["extra"] = method.extra_metrics()
     elif history and history[-1]["val_accuracy"] is not None:

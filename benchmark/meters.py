@@ -15,6 +15,10 @@ overridden in config `measure.*`):
   NVML's device memory separately; on the CPU the process's peak RSS growth over the run.
 - FLOPs: `measure_flops` wraps one training step / one evaluation batch in torch's FlopCounterMode;
   the loop scales by the steps and samples actually run.
+- activation memory: `measure_step` also counts, during the first training step of each phase,
+  the bytes autograd holds for backward (saved-tensor hooks; peak of what is alive at once,
+  parameters left out). It is device independent, so a block-local method's saving against BP
+  shows on the CPU too, where process RSS is dominated by the dataset.
 
 Every figure is recorded as {"value", "unit", "source", "estimated"}: an estimate is never shown
 as a measurement.
@@ -26,6 +30,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,48 @@ from typing import Callable
 import torch
 
 log = logging.getLogger(__name__)
+
+
+class SavedTensorPeak:
+    """Peak bytes of tensors autograd keeps for backward, alive at the same time.
+
+    A pack hook wraps each saved tensor in a small holder and counts its bytes; when the graph
+    that owns the holder is freed (after its backward pass, or when dropped), a finalizer
+    subtracts them. Parameters (a matmul saves its weight) are not activations and are skipped.
+    A tensor saved by two nodes is counted twice, as autograd may keep it twice in views.
+    """
+
+    class _Held:
+        __slots__ = ("tensor", "__weakref__")
+
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+    def __init__(self, parameters):
+        self.param_ptrs = {p.data_ptr() for p in parameters}
+        self.live = self.peak = 0
+
+    def _release(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def pack(self, tensor: torch.Tensor):
+        if tensor.data_ptr() in self.param_ptrs:
+            return tensor
+        held = self._Held(tensor)
+        nbytes = tensor.numel() * tensor.element_size()
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(held, self._release, nbytes)
+        return held
+
+    @staticmethod
+    def unpack(held):
+        return held.tensor if isinstance(held, SavedTensorPeak._Held) else held
+
+    @contextmanager
+    def watching(self):
+        with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack):
+            yield self
 
 
 def figure(value, unit: str, source: str, estimated: bool, **extra) -> dict:
@@ -256,6 +303,7 @@ class Meters:
         self.short_window_estimate = False
         self.energy = self._pick_energy_backend()
         self.flops = {"train": 0, "eval": 0}
+        self.activation_bytes: int | None = None  # peak saved-for-backward bytes of one step
         self.eval_flops_per_sample: dict[str, float] = {}
         self.notes: list[str] = []
         self._tracker = codecarbon_tracker(cfg.country_iso_code) if cfg.emissions else None
@@ -322,6 +370,14 @@ class Meters:
             out = fn()
         return out, counter.get_total_flops()
 
+    def measure_step(self, fn: Callable, parameters):
+        """One training step under FlopCounterMode and the saved-tensor count: (result, FLOPs)."""
+        peak = SavedTensorPeak(parameters)
+        with peak.watching():
+            out, flops = self.measure_flops(fn)
+        self.activation_bytes = max(self.activation_bytes or 0, peak.peak)
+        return out, flops
+
     def add_flops(self, name: str, flops: float) -> None:
         self.flops[name] += int(flops)
 
@@ -344,6 +400,11 @@ class Meters:
             out["flops_train"] = figure(self.flops["train"], "FLOP", src, False)
             out["flops_eval"] = figure(self.flops["eval"], "FLOP", src, False)
         out.update(self._memory_figures())
+        if self.activation_bytes is not None:
+            out["activation_memory"] = figure(
+                self.activation_bytes, "B", "autograd saved-tensor hooks: peak bytes held for backward in one training step",
+                False, note="largest over the phases' first steps; parameters excluded; 0 = no backward pass",
+            )
         emissions = self._stop_tracker()
         out.update(self._energy_figures(emissions, total_s))
         out.update(emissions.get("figures", {}))

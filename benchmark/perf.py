@@ -1,6 +1,7 @@
 """Speed benchmark: `make perf` (all sections) or `make perf-overhead` (meters only).
 
-    python -m benchmark.perf [--only overhead|data|methods|reference] [--repeats 5] [--out results/perf.csv]
+    python -m benchmark.perf [--only overhead|data|methods|reference|options] [--device auto|cpu|cuda]
+                             [--repeats 5] [--out results/perf.csv]
 
 Every comparison is a ratio measured side by side in this one process, interleaved (A, B, A, B...),
 over several repeats; the table reports medians. Sections:
@@ -18,6 +19,14 @@ over several repeats; the table reports medians. Sections:
   positive/negative/neutral images and one optimizer over all layers; CaFo: frozen blocks forwarded
   again for every predictor batch), same architecture, batch size and data, with accuracy after the
   same epochs.
+- options: the speed options of config `train.*` (compile, autocast=bf16, channels_last), each
+  against the same training with the option off: BP on the 2x1000 MLP and on the 3-block CNN, and
+  local learning on the CNN. The method is built and compiled once; epochs are timed after a
+  warm-up epoch, so compile time is reported separately, not mixed into the ratio.
+
+--device: where the overhead, methods and options sections run (auto = CUDA when present). The
+data and reference sections are CPU questions (a DataLoader feeding a CPU model; the public
+references' CPU steps) and always run on the CPU. On CUDA every timing is synchronised.
 
 Uses MNIST when `BPFREE_DATA` (or ./data) holds it, else synthetic MNIST-shaped tensors (said so).
 """
@@ -40,6 +49,7 @@ from benchmark.data import Splits, batches, load_splits
 from benchmark.meters import MeasureConfig, Meters
 
 ROWS: list[dict] = []
+DEVICE = torch.device("cpu")  # set by --device
 
 
 def emit(section: str, item: str, value: float, unit: str, note: str = "") -> None:
@@ -62,9 +72,21 @@ def mnist_or_synthetic(n_train: int | None) -> tuple[Splits, str]:
     return data, source
 
 
+def on_device(data: Splits, device: torch.device) -> Splits:
+    moved = {k: v.to(device) for k, v in vars(data).items() if isinstance(v, torch.Tensor)}
+    return Splits(**{**vars(data), **moved})
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(fn) -> float:
+    sync()
     t0 = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t0
 
 
@@ -82,7 +104,7 @@ def interleaved(candidates: dict, repeats: int) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------
 
 
-def method_from_config(name: str, arch: str, input_shape):
+def method_from_config(name: str, arch: str, input_shape, device: torch.device | None = None):
     """A method built exactly as `python -m benchmark method=<name> arch=<arch>` builds it."""
     import methods
     from benchmark.config import compose, to_dict
@@ -91,14 +113,14 @@ def method_from_config(name: str, arch: str, input_shape):
     cls = methods.get(name)
     hp = methods.check_hyperparameters(cls.Hyper, to_dict(cfg.method.hp), name)
     torch.manual_seed(0)
-    return cls(to_dict(cfg.arch), input_shape, 10, hp, torch.device("cpu"))
+    return cls(to_dict(cfg.arch), input_shape, 10, hp, device or DEVICE)
 
 
 def bp_method(input_shape):
     from methods.bp import BP, BPHyper
 
     hp = BPHyper(optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.9, schedule="none")
-    return BP({"kind": "mlp", "widths": [1000, 1000]}, input_shape, 10, hp, torch.device("cpu"))
+    return BP({"kind": "mlp", "widths": [1000, 1000]}, input_shape, 10, hp, DEVICE)
 
 
 def harness_epoch(data: Splits, meters_on: bool):
@@ -108,7 +130,7 @@ def harness_epoch(data: Splits, meters_on: bool):
     def run():
         torch.manual_seed(0)
         method = bp_method(data.input_shape)
-        meters = Meters(measure, torch.device("cpu"))
+        meters = Meters(measure, DEVICE)
         loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
         meters.summary(len(data.train_y), [])
 
@@ -118,10 +140,10 @@ def harness_epoch(data: Splits, meters_on: bool):
 def bare_epoch(data: Splits):
     def run():
         torch.manual_seed(0)
-        net = archs.Chain(archs.mlp(data.input_shape, [1000, 1000]), 10)
+        net = archs.Chain(archs.mlp(data.input_shape, [1000, 1000]), 10).to(DEVICE)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         order = torch.Generator().manual_seed(0)
-        for idx in batches(len(data.train_y), 128, order, torch.device("cpu")):
+        for idx in batches(len(data.train_y), 128, order, DEVICE):
             loss = F.cross_entropy(net(data.train_x[idx]), data.train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -135,8 +157,9 @@ def bare_epoch(data: Splits):
 
 def section_overhead(repeats: int) -> None:
     data, source = mnist_or_synthetic(None)
+    data = on_device(data, DEVICE)
     med = interleaved({"on": harness_epoch(data, True), "off": harness_epoch(data, False), "bare": bare_epoch(data)}, repeats)
-    note = f"BP MLP 2x1000, one epoch of {source}, median of {repeats}"
+    note = f"BP MLP 2x1000, one epoch of {source}, median of {repeats}, {DEVICE.type}"
     emit("overhead", "harness, every meter on (s/epoch)", med["on"], "s", note)
     emit("overhead", "harness, every meter off (s/epoch)", med["off"], "s", note)
     emit("overhead", "bare PyTorch loop, same tensors (s/epoch)", med["bare"], "s", note)
@@ -181,28 +204,31 @@ def section_data(repeats: int) -> None:
 
 
 def matmul_peak() -> float:
-    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    n = 8192 if DEVICE.type == "cuda" else 4096
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
     a @ b
     best = min(timed(lambda: a @ b) for _ in range(5))
-    return 2 * 4096**3 / best
+    return 2 * n**3 / best
 
 
 def method_throughput(n_train: int, epochs: int = 1) -> None:
     import methods
 
     peak = matmul_peak()
-    emit("methods", "fp32 matmul peak (4096^3 GEMM)", peak / 1e9, "GFLOP/s", f"{torch.get_num_threads()} threads")
+    where = f"{torch.get_num_threads()} threads" if DEVICE.type == "cpu" else torch.cuda.get_device_name(DEVICE)
+    emit("methods", "fp32 matmul peak (large square GEMM)", peak / 1e9, "GFLOP/s", where)
     data, source = mnist_or_synthetic(n_train)
+    data = on_device(data, DEVICE)
     for name in methods.names():
         cls = methods.get(name)
         method = method_from_config(name, cls.supported_archs[0], data.input_shape)
-        meters = Meters(MeasureConfig(energy="none", emissions=False), torch.device("cpu"))
+        meters = Meters(MeasureConfig(energy="none", emissions=False), DEVICE)
         cfg = loop.TrainConfig(epochs=epochs * len(method.phases(1)), batch_size=128, eval_batch_size=2000,
                                patience=0, min_delta=0.0, restore_best=False)
         out = loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
         seconds, flops = meters.seconds["train"], meters.flops["train"]
         samples = out["metrics"]["train_samples"]
-        note = f"{cls.supported_archs[0]}, {n_train} {source} images"
+        note = f"{cls.supported_archs[0]}, {n_train} {source} images, {DEVICE.type}"
         emit("methods", f"{name}: training throughput", samples / seconds, "samples/s", note)
         emit("methods", f"{name}: achieved FLOP/s", flops / seconds / 1e9, "GFLOP/s", note)
         emit("methods", f"{name}: fraction of matmul peak", flops / seconds / peak, "", note)
@@ -311,7 +337,7 @@ def reference_cafo_epoch(data: Splits, epochs: int) -> tuple[float, float]:
 
 
 def ours_epoch(name: str, arch: str, data: Splits, epochs: int) -> tuple[float, float]:
-    method = method_from_config(name, arch, data.input_shape)
+    method = method_from_config(name, arch, data.input_shape, torch.device("cpu"))
     meters = Meters(MeasureConfig(energy="none", emissions=False, flops=False), torch.device("cpu"))
     cfg = loop.TrainConfig(epochs=epochs, batch_size=128, eval_batch_size=2000, patience=0, min_delta=0.0, restore_best=False)
     out = loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
@@ -333,20 +359,72 @@ def section_reference(n_train: int, epochs: int) -> None:
     emit("reference", "CaFo: ours / reference", our_s / ref_s, "ratio", "goal <= 1")
 
 
+# ------------------------------------------------------------------------------------------------
+# Speed options: compile, bf16 autocast, channels_last
+
+
+def options_epoch(method, data: Splits, **option):
+    """One epoch of `method` with the given train.* speed option (meters off); warm-up included
+    by the caller. The option is applied once, at the first call (compiling happens there)."""
+    cfg = loop.TrainConfig(epochs=1, batch_size=128, eval_batch_size=2000, patience=0, min_delta=0.0,
+                           restore_best=False, **option)
+
+    def run():
+        meters = Meters(MeasureConfig(energy="none", emissions=False, flops=False), DEVICE)
+        loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
+
+    return run
+
+
+def section_options(n_train: int, repeats: int) -> None:
+    full, source = mnist_or_synthetic(n_train)
+    full = on_device(full, DEVICE)
+    # The CNN cases train on a fifth of the images: a CPU epoch of the 3-block CNN is ~7 s per 1000.
+    small = Splits(**{**vars(full), "train_x": full.train_x[: n_train // 5], "train_y": full.train_y[: n_train // 5]})
+    cases = [("bp", "mlp"), ("bp", "cnn"), ("local", "cnn")]
+    for name, arch in cases:
+        data = full if arch == "mlp" else small
+        options = {"off": {}, "compile": {"compile": True}, "bf16 autocast": {"autocast": "bf16"}}
+        if arch == "cnn":
+            options["channels_last"] = {"channels_last": True}
+        candidates, first_epoch = {}, {}
+        for label, option in options.items():
+            run = options_epoch(method_from_config(name, arch, data.input_shape), data, **option)
+            first_epoch[label] = timed(run)  # warm-up: for compile, this is where compiling happens
+            candidates[label] = run
+        times = {label: [] for label in candidates}
+        for _ in range(repeats):
+            for label, run in candidates.items():
+                times[label].append(timed(run))
+        med = {label: statistics.median(t) for label, t in times.items()}
+        note = f"{name}/{arch}, {len(data.train_y)} {source} images, median of {repeats}, {DEVICE.type}"
+        emit("options", f"{name}/{arch}: no option (s/epoch)", med["off"], "s", note)
+        for label in options:
+            if label == "off":
+                continue
+            emit("options", f"{name}/{arch}: {label} / off", med[label] / med["off"], "ratio", f"< 1 helps; {note}")
+        emit("options", f"{name}/{arch}: compile, first epoch incl. compiling", first_epoch["compile"], "s", note)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("overhead", "data", "methods", "reference"))
+    parser.add_argument("--only", choices=("overhead", "data", "methods", "reference", "options"))
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-train", type=int, default=10000, help="images for the methods and reference sections")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the reference comparisons")
     parser.add_argument("--out", default="results/perf.csv")
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
     print(f"{'section':10s} {'item':58s} {'value':>12s} {'unit':10s} note")
     sections = {
         "overhead": lambda: section_overhead(args.repeats),
         "data": lambda: section_data(args.repeats),
         "methods": lambda: method_throughput(args.n_train),
         "reference": lambda: section_reference(args.n_train, args.epochs),
+        "options": lambda: section_options(args.n_train, args.repeats),
     }
     for name, run in sections.items():
         if args.only in (None, name):

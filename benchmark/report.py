@@ -91,6 +91,7 @@ METRICS = [  # key, label, unit, scale
     ("energy_train", "Energy (train)", "J", 1.0),
     ("time_train", "Training time", "s", 1.0),
     ("peak_memory", "Peak memory", "MiB", 1 / 2**20),
+    ("activation_memory", "Activation memory", "MiB", 1 / 2**20),
     ("flops_train", "FLOPs (train)", "GFLOP", 1e-9),
     ("emissions", "Emissions", "g CO2eq", 1e3),
 ]
@@ -298,7 +299,7 @@ def plot_learning_curves(runs: list[dict], figs: Figures) -> None:
 
 def plot_costs(rows: list[Row], figs: Figures) -> None:
     plt = _plt()
-    keys = [m for m in METRICS if m[0] in ("energy_train", "time_train", "peak_memory")]
+    keys = [m for m in METRICS if m[0] in ("energy_train", "time_train", "peak_memory", "activation_memory")]
     labels = [f"{r.method}/{r.arch}/{r.dataset}" for r in rows]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), max(3.0, 0.35 * len(labels) + 1)))
     for ax, (key, label, unit, _) in zip(np.atleast_1d(axes), keys):
@@ -307,7 +308,7 @@ def plot_costs(rows: list[Row], figs: Figures) -> None:
         ax.set_xlabel(f"{label} ({unit})")
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    figs.add(fig, "costs", "Energy, training time and peak memory per method (mean over final seeds).")
+    figs.add(fig, "costs", "Energy, training time, peak memory and activation memory (held for backward in one step) per method (mean over final seeds).")
 
 
 def plot_cost_to_target(costs: pd.DataFrame, figs: Figures) -> None:

@@ -1,7 +1,7 @@
 """Typed checks of config sections: unknown keys, missing keys, wrong types, out-of-range values.
 
 A section is described by a dataclass whose field metadata gives the valid range:
-{"gt": x}, {"ge": x}, {"le": x}, {"choices": [...]}. `check_fields` returns the dataclass
+{"gt": x}, {"ge": x}, {"lt": x}, {"le": x}, {"choices": [...]}. `check_fields` returns the dataclass
 instance or raises a one-line UserError naming the key and what to do.
 """
 from __future__ import annotations
@@ -41,6 +41,8 @@ def check_value(key: str, value, hint, meta):
         raise UserError(f"{key}={value!r} must be greater than {meta['gt']}", "give a larger value")
     if "ge" in meta and not value >= meta["ge"]:
         raise UserError(f"{key}={value!r} must be at least {meta['ge']}", "give a larger value")
+    if "lt" in meta and not value < meta["lt"]:
+        raise UserError(f"{key}={value!r} must be less than {meta['lt']}", "give a smaller value")
     if "le" in meta and not value <= meta["le"]:
         raise UserError(f"{key}={value!r} must be at most {meta['le']}", "give a smaller value")
     if "choices" in meta and value not in meta["choices"]:

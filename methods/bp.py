@@ -31,6 +31,7 @@ class BPHyper:
 @register
 class BP(Method):
     name = "bp"
+    supported_archs = ("mlp", "cnn", "resnet")
     locality = Locality("global", "one loss at the output; gradient flows end to end")
     Hyper = BPHyper
 

@@ -26,6 +26,10 @@ CASES = {
     "zero validation size": (["dataset.val_size=0"], "dataset.val_size"),
     "cuda without cuda": (["device=cuda"], "device"),
     "sweep without -m": (["train.epochs=1,2"], "-m"),
+    "unknown autocast": (["train.autocast=fp8"], "train.autocast"),
+    "compile a torch.func method": (["method=fg", "train.compile=true"], "cannot be compiled"),
+    "pepita momentum of 1": (["method=pepita", "arch=mlp_1x1024", "method.hp.momentum=1.0"], "less than"),
+    "unknown activation": (["arch.activation=swish"], "arch.activation"),
 }
 
 

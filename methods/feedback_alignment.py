@@ -1,0 +1,187 @@
+"""Feedback alignment (`fa`) and direct feedback alignment (`dfa`).
+
+FA: Lillicrap, Cownden, Tweed, Akerman, "Random synaptic feedback weights support error
+backpropagation for deep learning", Nature Communications 7, 13276 (2016).
+DFA: Nøkland, "Direct Feedback Alignment Provides Learning in Deep Neural Networks", NeurIPS 2016.
+Reference figures: BioTorch (Sanfiz & Akrout 2021, jsalbert/biotorch), LeNet on MNIST, test error
+BP 0.84 %, FA 1.91 %, DFA 1.71 %.
+
+- Locality: per block. Each block (and the linear head) computes its output from the previous
+  block's *detached* output, and its update is one local backward pass of
+  <block output, teaching signal>, so autograd never crosses a block boundary. The teaching signal
+  is where the two methods differ, and it never uses a forward weight transposed:
+  - FA: the signal for block i is the error at block i+1's first layer (its pre-activation
+    gradient) sent down through a fixed random matrix B_{i+1} of that layer's weight shape, in
+    place of W_{i+1}^T (a matmul for Linear, a transposed convolution for Conv2d). The error
+    still travels layer by layer, but by B, not by W: no weight transport.
+  - DFA: the signal for every block is the output error e = softmax(logits) - onehot(y) sent
+    straight to it through a fixed random matrix B_i (classes x block output size).
+- Loss: cross-entropy at the head; its error e drives every block.
+- Targets: the labels.
+- Prediction: argmax of the head's logits (the forward network is the BP network).
+
+Feedback matrices are drawn once (seeded), scaled like the forward weights (Kaiming-uniform of
+the same shape for FA, as BioTorch's default; N(0, 1/sqrt(classes)) for DFA) and never trained.
+
+Differences from the papers/BioTorch: BioTorch swaps every Linear/Conv layer for one whose backward
+uses B, in one global backward pass; here each block runs its own backward pass and the signal is
+passed between blocks by hand, which gives the same weight updates for blocks of the form
+layer -> nonlinearity (-> pool -> BatchNorm) and makes the locality checkable by the audit. The
+harness's cnn arch (conv-ReLU-pool-BatchNorm, 32/128/512) stands in for LeNet; the MLP presets are
+the same as BP's. Optimiser and learning rate are tuned like every other method's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark import archs
+from methods import Locality, Method, register
+from methods._optim import OPTIMIZERS, make_optimizer
+
+
+@dataclass
+class FeedbackHyper:
+    optimizer: str = field(metadata={"choices": OPTIMIZERS})
+    lr: float = field(metadata={"gt": 0})
+    weight_decay: float = field(metadata={"ge": 0})
+    momentum: float = field(metadata={"ge": 0, "le": 1})
+
+
+def first_layer(block: nn.Module) -> nn.Module:
+    """The block's Linear or Conv2d (the layer whose transpose FA replaces by B)."""
+    return next(m for m in block.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+
+
+class FeedbackBase(Method):
+    Hyper = FeedbackHyper
+
+    def __init__(self, arch, input_shape, num_classes, hp: FeedbackHyper, device):
+        super().__init__(arch, input_shape, num_classes, hp, device)
+        net = archs.build(arch, input_shape)
+        self.out_shapes = net.out_shapes
+        self.modules["blocks"] = net.blocks.to(device)
+        self.modules["head"] = nn.Linear(net.out_features(len(net.blocks) - 1), num_classes).to(device)
+        self.optimizers = [
+            make_optimizer(hp.optimizer, m.parameters(), hp.lr, hp.weight_decay, hp.momentum)
+            for m in [*self.modules["blocks"], self.modules["head"]]
+        ]
+        self.feedback = self.make_feedback(net)  # buffers: fixed, not parameters, never trained
+
+    def make_feedback(self, net: archs.Blocks) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def teaching_signals(self, error: torch.Tensor, pre_activation_grads) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def forward_detached(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's output, each block fed its predecessor's output detached."""
+        outs, h = [], x
+        for block in self.modules["blocks"]:
+            h = block(h.detach())
+            outs.append(h)
+        return outs
+
+    def train_step(self, x, y, idx):
+        outs = self.forward_detached(x)
+        logits = self.modules["head"](outs[-1].detach().flatten(1))
+        loss = F.cross_entropy(logits, y)
+        self.step(len(self.optimizers) - 1, loss)
+        error = (F.softmax(logits.detach(), dim=1) - F.one_hot(y, self.num_classes)) / len(y)
+        self.train_blocks(outs, error)
+        return loss.detach()
+
+    def step(self, i: int, loss_or_outputs, grad=None) -> None:
+        self.optimizers[i].zero_grad(set_to_none=True)
+        torch.autograd.backward(loss_or_outputs, grad)
+        self.optimizers[i].step()
+
+    def predict(self, x):
+        return self.modules["head"](archs.through(self.modules["blocks"], x).flatten(1))
+
+    def units(self):
+        units = {f"block{i}": list(b.parameters()) for i, b in enumerate(self.modules["blocks"])}
+        units["head"] = list(self.modules["head"].parameters())
+        return units
+
+
+@register
+class DirectFeedbackAlignment(FeedbackBase):
+    name = "dfa"
+    locality = Locality("block", "each block's update is its output against e·B_i, the output error through a fixed random matrix; inputs detached")
+
+    def make_feedback(self, net):
+        scale = 1.0 / math.sqrt(self.num_classes)
+        return [
+            torch.randn(self.num_classes, net.out_features(i), device=self.device) * scale
+            for i in range(len(net.blocks))
+        ]
+
+    def train_blocks(self, outs, error):
+        for i, (out, b) in enumerate(zip(outs, self.feedback)):
+            self.step(i, out, (error @ b).view_as(out))
+
+
+@register
+class FeedbackAlignment(FeedbackBase):
+    name = "fa"
+    locality = Locality("block", "the error goes down block by block through fixed random matrices B in place of W^T; each block's backward pass stays inside it, inputs detached")
+
+    def make_feedback(self, net):
+        """B_i of the shape of layer i's weight, for i >= 1 (block 0's B would feed the input)."""
+        layers = [first_layer(b) for b in net.blocks] + [self.modules["head"]]
+        feedback = []
+        for layer in layers[1:]:
+            b = torch.empty_like(layer.weight, device=self.device)
+            nn.init.kaiming_uniform_(b, a=math.sqrt(5))  # the forward layers' default init
+            feedback.append(b)
+        return feedback
+
+    def send_down(self, delta: torch.Tensor, b: torch.Tensor, below_shape: torch.Size, layer: nn.Module) -> torch.Tensor:
+        """delta (error at a layer's pre-activation) through B instead of W^T."""
+        if isinstance(layer, nn.Conv2d):
+            return torch.nn.grad.conv2d_input(below_shape, b, delta, stride=layer.stride, padding=layer.padding)
+        return (delta @ b).view(below_shape)
+
+    def train_blocks(self, outs, error):
+        layers = [first_layer(b) for b in self.modules["blocks"]] + [self.modules["head"]]
+        delta = error  # the error at the head's pre-activation (its logits)
+        for i in reversed(range(len(outs))):
+            signal = self.send_down(delta, self.feedback[i], outs[i].shape, layers[i + 1])
+            if i == 0:
+                self.step(i, outs[i], signal)
+                break
+            # Block i's own backward pass gives its update and the error at its first layer's
+            # output (the pre-activation), which FA sends further down through B_i.
+            pre = self._pre_activation[i]
+            self.optimizers[i].zero_grad(set_to_none=True)
+            params = list(self.modules["blocks"][i].parameters())
+            grads = torch.autograd.grad(outs[i], [pre, *params], signal, allow_unused=True)
+            delta = grads[0]
+            for p, g in zip(params, grads[1:]):
+                p.grad = g
+            self.optimizers[i].step()
+
+    def forward_detached(self, x):
+        """As the base, and keeps each block's first-layer output (its pre-activation)."""
+        self._pre_activation = {}
+        outs, h = [], x
+
+        def keep(i):
+            def hook(module, args, output):
+                self._pre_activation[i] = output
+            return hook
+
+        handles = [first_layer(b).register_forward_hook(keep(i)) for i, b in enumerate(self.modules["blocks"])]
+        try:
+            for block in self.modules["blocks"]:
+                h = block(h.detach())
+                outs.append(h)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return outs

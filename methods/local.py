@@ -1,0 +1,105 @@
+"""Supervised local learning with auxiliary classifiers (the DGL / InfoPro family).
+
+Belilovsky, Eickenberg, Oyallon, "Decoupled Greedy Learning of CNNs", ICML 2020 (DGL), and
+Wang, Ni, Song, Yang, Huang, "Revisiting Locally Supervised Learning: an Alternative to
+End-to-End Training", ICLR 2021 (InfoPro).
+
+- Locality: per module. The network's blocks are cut into K contiguous modules (hp.modules;
+  0 = one module per block). Module k reads module k-1's output *detached* and is trained, on the
+  same batch, by the cross-entropy of its own small auxiliary classifier; no gradient crosses a
+  module boundary. This is DGL's synchronous form (all modules step on every batch).
+- Loss: cross-entropy of each module's auxiliary classifier.
+- Targets: the labels.
+- Prediction: the last module's classifier, which is the end-to-end network's own head (the
+  same head BP trains), so the predicting network is exactly BP's architecture.
+- Auxiliary classifiers: a linear map for vector features; for feature maps, average pooling
+  to 2x2 then a linear map (DGL's auxiliary nets are small CNNs; InfoPro adds a reconstruction
+  decoder, which this module leaves out: it is the supervised-only variant).
+
+Memory: only one module's activations are held for backward at a time, so the activation memory
+of a training step is that of the largest module rather than the whole network. Every run
+records it (`activation_memory`, bytes autograd held for backward during a step) beside BP's on
+the same cell; see README.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark import archs
+from methods import Locality, Method, register
+from methods._optim import OPTIMIZERS, make_optimizer
+
+
+@dataclass
+class LocalHyper:
+    optimizer: str = field(metadata={"choices": OPTIMIZERS})
+    lr: float = field(metadata={"gt": 0})
+    weight_decay: float = field(metadata={"ge": 0})
+    momentum: float = field(metadata={"ge": 0, "le": 1})
+    modules: int = field(metadata={"ge": 0})  # K; 0 = one module per block
+
+
+def split(n_blocks: int, k: int) -> list[range]:
+    """n_blocks cut into k contiguous, nearly equal modules (earlier ones get the remainder)."""
+    k = n_blocks if k == 0 else min(k, n_blocks)
+    sizes = [n_blocks // k + (1 if i < n_blocks % k else 0) for i in range(k)]
+    starts = [sum(sizes[:i]) for i in range(k)]
+    return [range(s, s + size) for s, size in zip(starts, sizes)]
+
+
+def auxiliary_classifier(shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(shape) == 1:
+        return nn.Linear(shape[0], num_classes)
+    pool = min(2, shape[1])
+    return nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(shape[0] * pool * pool, num_classes))
+
+
+@register
+class LocalLearning(Method):
+    name = "local"
+    locality = Locality("block", "each module trained by its own auxiliary classifier on its predecessor's detached output")
+    supported_archs = ("mlp", "cnn", "resnet")
+    Hyper = LocalHyper
+
+    def __init__(self, arch, input_shape, num_classes, hp: LocalHyper, device):
+        super().__init__(arch, input_shape, num_classes, hp, device)
+        net = archs.build(arch, input_shape)
+        groups = split(len(net.blocks), hp.modules)
+        self.modules["stages"] = nn.ModuleList(nn.Sequential(*(net.blocks[i] for i in g)) for g in groups).to(device)
+        end_to_end_head = archs.Chain(net, num_classes).head  # BP's head, for the last module
+        heads = [auxiliary_classifier(net.out_shapes[g[-1]], num_classes) for g in groups[:-1]] + [end_to_end_head]
+        self.modules["heads"] = nn.ModuleList(heads).to(device)
+        self.optimizers = [
+            make_optimizer(hp.optimizer, [*s.parameters(), *h.parameters()], hp.lr, hp.weight_decay, hp.momentum)
+            for s, h in zip(self.modules["stages"], self.modules["heads"])
+        ]
+
+    def train_step(self, x, y, idx):
+        total, h = torch.zeros((), device=x.device), x
+        for stage, head, optimizer in zip(self.modules["stages"], self.modules["heads"], self.optimizers):
+            h = stage(h.detach())  # the boundary
+            loss = F.cross_entropy(head(h), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # frees this module's graph before the next module runs
+            optimizer.step()
+            total += loss.detach()
+        return total / len(self.optimizers)
+
+    def predict(self, x):
+        h = x
+        for stage in self.modules["stages"]:
+            h = stage(h)
+        return self.modules["heads"][-1](h)
+
+    def extra_metrics(self):
+        return {"modules": len(self.modules["stages"])}
+
+    def units(self):
+        return {
+            f"module{k}": [*s.parameters(), *h.parameters()]
+            for k, (s, h) in enumerate(zip(self.modules["stages"], self.modules["heads"]))
+        }
