@@ -135,7 +135,7 @@ def check(cfg: DictConfig) -> Checked:
 
 
 def check_speed_options(train: TrainConfig, method_cls, device: torch.device) -> None:
-    if train.compile and not getattr(method_cls, "compilable", True):
+    if train.compile and not method_cls.compilable:
         raise UserError(f"train.compile=true: method '{method_cls.name}' cannot be compiled ({method_cls.compile_note})",
                         "set train.compile=false for this method")
     if train.autocast == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():

@@ -89,6 +89,8 @@ class Method:
     locality: ClassVar[Locality]
     supported_archs: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
     Hyper: ClassVar[type]
+    compilable: ClassVar[bool] = True  # train.compile may torch.compile its modules
+    compile_note: ClassVar[str] = ""  # why not, when compilable is False
 
     def __init__(self, arch: dict, input_shape: tuple[int, ...], num_classes: int, hp, device: torch.device):
         self.arch = arch

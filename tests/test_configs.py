@@ -29,3 +29,10 @@ def test_every_arch_preset_composes(arch, tmp_path):
     if arch.startswith("mlp_"):
         width, count = arch.removeprefix("mlp_").split("x")[::-1]
         assert list(job.cfg.arch.widths) == [int(width)] * int(count)
+
+
+def test_smoke_benchmark_covers_every_registered_method(tmp_path):
+    import methods
+
+    jobs = [j for j in config.preflight(["experiment=smoke", f"results_dir={tmp_path}"]) if j.supported]
+    assert {j.cfg.method.name for j in jobs} == set(methods.names())
