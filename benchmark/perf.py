@@ -390,7 +390,11 @@ def section_options(n_train: int, repeats: int) -> None:
         candidates, first_epoch = {}, {}
         for label, option in options.items():
             run = options_epoch(method_from_config(name, arch, data.input_shape), data, **option)
-            first_epoch[label] = timed(run)  # warm-up: for compile, this is where compiling happens
+            try:
+                first_epoch[label] = timed(run)  # warm-up: for compile, this is where compiling happens
+            except Exception as err:  # noqa: BLE001 - e.g. no C compiler for inductor: say so, go on
+                emit("options", f"{name}/{arch}: {label} failed", math.nan, "", f"{type(err).__name__}: {str(err).splitlines()[0][:80]}")
+                continue
             candidates[label] = run
         times = {label: [] for label in candidates}
         for _ in range(repeats):
@@ -399,11 +403,12 @@ def section_options(n_train: int, repeats: int) -> None:
         med = {label: statistics.median(t) for label, t in times.items()}
         note = f"{name}/{arch}, {len(data.train_y)} {source} images, median of {repeats}, {DEVICE.type}"
         emit("options", f"{name}/{arch}: no option (s/epoch)", med["off"], "s", note)
-        for label in options:
+        for label in candidates:
             if label == "off":
                 continue
             emit("options", f"{name}/{arch}: {label} / off", med[label] / med["off"], "ratio", f"< 1 helps; {note}")
-        emit("options", f"{name}/{arch}: compile, first epoch incl. compiling", first_epoch["compile"], "s", note)
+        if "compile" in first_epoch:
+            emit("options", f"{name}/{arch}: compile, first epoch incl. compiling", first_epoch["compile"], "s", note)
 
 
 def main(argv=None) -> None:
