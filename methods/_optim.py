@@ -1,9 +1,21 @@
 """Optimizers by name, shared by every method so that 'adam' means the same thing everywhere."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass
+class OptimizerHyper:
+    """The optimiser settings most methods share; a method's Hyper adds its own fields after these."""
+
+    optimizer: str = field(metadata={"choices": OPTIMIZERS})
+    lr: float = field(metadata={"gt": 0})
+    weight_decay: float = field(metadata={"ge": 0})
+    momentum: float = field(metadata={"ge": 0, "le": 1})  # SGD only
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):

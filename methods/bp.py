@@ -16,15 +16,11 @@ import torch.nn.functional as F
 
 from benchmark import archs
 from methods import Locality, Method, register
-from methods._optim import OPTIMIZERS, make_optimizer
+from methods._optim import OptimizerHyper, make_optimizer
 
 
 @dataclass
-class BPHyper:
-    optimizer: str = field(metadata={"choices": OPTIMIZERS})
-    lr: float = field(metadata={"gt": 0})
-    weight_decay: float = field(metadata={"ge": 0})
-    momentum: float = field(metadata={"ge": 0, "le": 1})
+class BPHyper(OptimizerHyper):
     schedule: str = field(metadata={"choices": ("none", "cosine")})
 
 

@@ -33,7 +33,6 @@ the same as BP's. Optimiser and learning rate are tuned like every other method'
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +40,7 @@ from torch import nn
 
 from benchmark import archs
 from methods import Locality, Method, register
-from methods._optim import OPTIMIZERS, make_optimizer
-
-
-@dataclass
-class FeedbackHyper:
-    optimizer: str = field(metadata={"choices": OPTIMIZERS})
-    lr: float = field(metadata={"gt": 0})
-    weight_decay: float = field(metadata={"ge": 0})
-    momentum: float = field(metadata={"ge": 0, "le": 1})
+from methods._optim import OptimizerHyper, make_optimizer
 
 
 def first_layer(block: nn.Module) -> nn.Module:
@@ -58,9 +49,9 @@ def first_layer(block: nn.Module) -> nn.Module:
 
 
 class FeedbackBase(Method):
-    Hyper = FeedbackHyper
+    Hyper = OptimizerHyper
 
-    def __init__(self, arch, input_shape, num_classes, hp: FeedbackHyper, device):
+    def __init__(self, arch, input_shape, num_classes, hp: OptimizerHyper, device):
         super().__init__(arch, input_shape, num_classes, hp, device)
         net = archs.build(arch, input_shape)
         self.out_shapes = net.out_shapes

@@ -36,15 +36,11 @@ from torch.func import functional_call, jvp
 
 from benchmark import archs
 from methods import Locality, Method, register
-from methods._optim import OPTIMIZERS, make_optimizer
+from methods._optim import OptimizerHyper, make_optimizer
 
 
 @dataclass
-class FGHyper:
-    optimizer: str = field(metadata={"choices": OPTIMIZERS})
-    lr: float = field(metadata={"gt": 0})
-    weight_decay: float = field(metadata={"ge": 0})
-    momentum: float = field(metadata={"ge": 0, "le": 1})
+class FGHyper(OptimizerHyper):
     tangents: int = field(metadata={"ge": 1})  # directional derivatives averaged per step
 
 

@@ -29,15 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods import Locality, Method, Phase, register
-from methods._optim import OPTIMIZERS, make_optimizer
+from methods._optim import OptimizerHyper, make_optimizer
 
 
 @dataclass
-class MFHyper:
-    optimizer: str = field(metadata={"choices": OPTIMIZERS})
-    lr: float = field(metadata={"gt": 0})
-    weight_decay: float = field(metadata={"ge": 0})
-    momentum: float = field(metadata={"ge": 0, "le": 1})
+class MFHyper(OptimizerHyper):
     schedule: str = field(metadata={"choices": ("joint", "greedy")})
 
 

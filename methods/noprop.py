@@ -50,15 +50,11 @@ from torch import nn
 
 from benchmark import archs
 from methods import Locality, Method, register
-from methods._optim import OPTIMIZERS, make_optimizer
+from methods._optim import OptimizerHyper, make_optimizer
 
 
 @dataclass
-class NoPropHyper:
-    optimizer: str = field(metadata={"choices": OPTIMIZERS})
-    lr: float = field(metadata={"gt": 0})
-    weight_decay: float = field(metadata={"ge": 0})
-    momentum: float = field(metadata={"ge": 0, "le": 1})
+class NoPropHyper(OptimizerHyper):
     steps: int = field(metadata={"ge": 1})  # T
     eta: float = field(metadata={"gt": 0})
     hidden: int = field(metadata={"ge": 1})
