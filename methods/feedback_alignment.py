@@ -54,9 +54,10 @@ class FeedbackBase(Method):
     def __init__(self, arch, input_shape, num_classes, hp: OptimizerHyper, device):
         super().__init__(arch, input_shape, num_classes, hp, device)
         net = archs.build(arch, input_shape)
-        self.out_shapes = net.out_shapes
         self.modules["blocks"] = net.blocks.to(device)
         self.modules["head"] = nn.Linear(net.out_features(len(net.blocks) - 1), num_classes).to(device)
+        # Each block's first Linear/Conv2d, then the head: the layers whose W^T FA replaces by B.
+        self.layers = [first_layer(b) for b in self.modules["blocks"]] + [self.modules["head"]]
         self.optimizers = [
             make_optimizer(hp.optimizer, m.parameters(), hp.lr, hp.weight_decay, hp.momentum)
             for m in [*self.modules["blocks"], self.modules["head"]]
@@ -66,7 +67,8 @@ class FeedbackBase(Method):
     def make_feedback(self, net: archs.Blocks) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def teaching_signals(self, error: torch.Tensor, pre_activation_grads) -> list[torch.Tensor]:
+    def train_blocks(self, outs: list[torch.Tensor], error: torch.Tensor) -> None:
+        """Update every block from its output and the output error (FA and DFA differ here)."""
         raise NotImplementedError
 
     def forward_detached(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -124,9 +126,8 @@ class FeedbackAlignment(FeedbackBase):
 
     def make_feedback(self, net):
         """B_i of the shape of layer i's weight, for i >= 1 (block 0's B would feed the input)."""
-        layers = [first_layer(b) for b in net.blocks] + [self.modules["head"]]
         feedback = []
-        for layer in layers[1:]:
+        for layer in self.layers[1:]:
             b = torch.empty_like(layer.weight, device=self.device)
             nn.init.kaiming_uniform_(b, a=math.sqrt(5))  # the forward layers' default init
             feedback.append(b)
@@ -139,10 +140,9 @@ class FeedbackAlignment(FeedbackBase):
         return (delta @ b).view(below_shape)
 
     def train_blocks(self, outs, error):
-        layers = [first_layer(b) for b in self.modules["blocks"]] + [self.modules["head"]]
         delta = error  # the error at the head's pre-activation (its logits)
         for i in reversed(range(len(outs))):
-            signal = self.send_down(delta, self.feedback[i], outs[i].shape, layers[i + 1])
+            signal = self.send_down(delta, self.feedback[i], outs[i].shape, self.layers[i + 1])
             if i == 0:
                 self.step(i, outs[i], signal)
                 break
@@ -159,20 +159,12 @@ class FeedbackAlignment(FeedbackBase):
 
     def forward_detached(self, x):
         """As the base, and keeps each block's first-layer output (its pre-activation)."""
-        self._pre_activation = {}
-        outs, h = [], x
-
-        def keep(i):
-            def hook(module, args, output):
-                self._pre_activation[i] = output
-            return hook
-
-        handles = [first_layer(b).register_forward_hook(keep(i)) for i, b in enumerate(self.modules["blocks"])]
-        try:
-            for block in self.modules["blocks"]:
-                h = block(h.detach())
-                outs.append(h)
-        finally:
-            for handle in handles:
-                handle.remove()
+        outs, self._pre_activation, h = [], [], x
+        for block, layer in zip(self.modules["blocks"], self.layers):
+            h = h.detach()
+            for module in block:  # mlp and cnn blocks are nn.Sequential
+                h = module(h)
+                if module is layer:
+                    self._pre_activation.append(h)
+            outs.append(h)
         return outs

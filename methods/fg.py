@@ -82,26 +82,26 @@ class ForwardGradient(Method):
         if self.has_batchnorm:
             with torch.no_grad():
                 net(x)  # updates BatchNorm's running statistics (momentum as usual)
-            momenta = self._freeze_batchnorm_statistics()
+            tracking = self._freeze_batchnorm_statistics()
         loss, estimate = self.forward_gradient(x, y)
         if self.has_batchnorm:
-            self._restore_batchnorm_momenta(momenta)
+            self._restore_batchnorm_tracking(tracking)
         for n, p in net.named_parameters():
             p.grad = estimate[n]
         self.optimizer.step()
         return loss.detach()
 
     def _freeze_batchnorm_statistics(self) -> dict:
-        momenta = {}
+        tracking = {}
         for m in self.modules["net"].modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                momenta[m] = m.track_running_stats
+                tracking[m] = m.track_running_stats
                 m.track_running_stats = False  # batch statistics, buffers untouched
-        return momenta
+        return tracking
 
     @staticmethod
-    def _restore_batchnorm_momenta(momenta: dict) -> None:
-        for m, track in momenta.items():
+    def _restore_batchnorm_tracking(tracking: dict) -> None:
+        for m, track in tracking.items():
             m.track_running_stats = track
 
     @torch.no_grad()

@@ -64,7 +64,7 @@ class PEPITA(Method):
         bound = math.sqrt(6.0 / n_in)
         self.input_feedback = (torch.rand(n_in, num_classes, device=device) * 2 - 1) * bound * hp.f_scale
         self.velocity = [torch.zeros_like(layer.weight) for layer in self.modules["layers"]]
-        self.lr_now, self.steps_done, self.total_steps = hp.lr, 0, 1
+        self.steps_done, self.total_steps = 0, 1
 
     def start_phase(self, phase, train_x, train_y, total_steps):
         self.total_steps, self.steps_done = max(total_steps, 1), 0
