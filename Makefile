@@ -10,7 +10,7 @@ HOST        ?= 127.0.0.1
 SHARED_DATA ?= ../shared/data
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data bench smoke test report dashboard perf perf-overhead clean
+.PHONY: help venv data bench smoke test mutate report dashboard perf perf-overhead clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ smoke: venv ## the CI smoke benchmark: the same pipeline on scikit-learn digits
 
 test: venv ## the test suite
 	$(PY) -m pytest -q
+
+mutate: venv data ## one-line defects into a copy, the suite against each: which test catches it (long; not in CI)
+	BPFREE_DATA=$(DATA) $(PY) -m tests.mutate
 
 report: venv ## render reports/$(EXPERIMENT)/ from $(RESULTS)/$(EXPERIMENT)
 	$(PY) -m benchmark.report $(RESULTS)/$(EXPERIMENT)

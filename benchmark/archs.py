@@ -15,12 +15,13 @@ a linear head. Presets live in configs/arch/*.yaml.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from benchmark.errors import UserError
+from benchmark.validate import check_fields
 
 
 @dataclass
@@ -106,13 +107,42 @@ def resnet(input_shape: tuple[int, ...], width: int = 64, blocks_per_stage: int 
 ARCHS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
 
 
+# The settings of each kind, with their ranges: every arch field is checked before training, as
+# method and train settings are (an empty or zero-width layer list never reaches a run).
+@dataclass
+class MLPSchema:
+    name: str = field(metadata={})
+    kind: str = field(metadata={})
+    widths: list[int] = field(metadata={"min_items": 1, "ge": 1})
+    bias: bool = field(default=True, metadata={})
+    activation: str = field(default="relu", metadata={"choices": tuple(ACTIVATIONS)})
+
+
+@dataclass
+class CNNSchema:
+    name: str = field(metadata={})
+    kind: str = field(metadata={})
+    channels: list[int] = field(metadata={"min_items": 1, "ge": 1})
+    kernel_size: int = field(default=3, metadata={"ge": 1})
+
+
+@dataclass
+class ResNetSchema:
+    name: str = field(metadata={})
+    kind: str = field(metadata={})
+    width: int = field(default=64, metadata={"ge": 1})
+    blocks_per_stage: int = field(default=2, metadata={"ge": 1})
+
+
+SCHEMAS = {"mlp": MLPSchema, "cnn": CNNSchema, "resnet": ResNetSchema}
+
+
 def validate(arch_cfg: dict) -> None:
     """The checks that need no input shape, run before any training (one-line UserError)."""
-    if arch_cfg.get("kind") not in ARCHS:
-        raise UserError(f"unknown arch.kind '{arch_cfg.get('kind')}'", f"choose one of: {', '.join(ARCHS)}")
-    activation = arch_cfg.get("activation", "relu")
-    if arch_cfg["kind"] == "mlp" and activation not in ACTIVATIONS:
-        raise UserError(f"arch.activation '{activation}' is unknown", f"choose one of: {', '.join(ACTIVATIONS)}")
+    kind = arch_cfg.get("kind")
+    if kind not in ARCHS:
+        raise UserError(f"unknown arch.kind '{kind}'", f"choose one of: {', '.join(ARCHS)}")
+    check_fields("arch", SCHEMAS[kind], arch_cfg, f"configs/arch/{arch_cfg.get('name', kind)}.yaml")
 
 
 def build(arch_cfg: dict, input_shape: tuple[int, ...]) -> Blocks:

@@ -7,6 +7,12 @@ statistics and moved to the device. Training batches are index slices of a seede
 MNIST epoch cost about as much as the model's arithmetic (see `make perf`).
 
 The test split is only read by the final evaluation (`loop.evaluate_test`); tuning never sees it.
+Train, validation and test indices are recorded with every run (`info["split_indices"]`: where
+each split's images come from in the released arrays) so their disjointness can be checked.
+
+Augmentation (`augment`, per dataset YAML): "crop_flip" is the CIFAR recipe of the papers this
+benchmark compares with (random 4-pixel-padded crop + horizontal flip), applied to each training
+batch on the device, batched and seeded (`augment_batch`); "none" for MNIST-like data.
 """
 from __future__ import annotations
 
@@ -57,6 +63,8 @@ class Splits:
     test_y: torch.Tensor
     num_classes: int
     info: dict = field(default_factory=dict)
+    augment: str = "none"  # none | crop_flip, applied to training batches only
+    pad_value: torch.Tensor | None = None  # (1, C, 1, 1): a black pixel after normalisation
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -242,7 +250,8 @@ def load_raw(name: str, root: str | os.PathLike, download: bool) -> RawDataset:
     return LOADERS[name](resolve_root(root), download)
 
 
-def load_splits(name: str, root, download: bool, val_size: int, split_seed: int, device: torch.device) -> Splits:
+def load_splits(name: str, root, download: bool, val_size: int, split_seed: int, device: torch.device,
+                augment: str = "none") -> Splits:
     """Load, fingerprint, split, normalise and move one dataset to `device`."""
     raw = load_raw(name, root, download)
     sha = fingerprint(raw)
@@ -252,8 +261,7 @@ def load_splits(name: str, root, download: bool, val_size: int, split_seed: int,
             f"data.val_size={val_size} is out of range for '{name}' ({n_train_all} training images)",
             f"use a value between 1 and {n_train_all - 1}",
         )
-    order = np.random.default_rng(split_seed).permutation(n_train_all)
-    val_idx, train_idx = order[:val_size], order[val_size:]
+    train_idx, val_idx = split_indices(n_train_all, val_size, split_seed)
 
     train_images = torch.from_numpy(raw.train_images[train_idx]).to(device)
     mean, std = _channel_stats(train_images)
@@ -275,6 +283,12 @@ def load_splits(name: str, root, download: bool, val_size: int, split_seed: int,
         "split_seed": split_seed,
         "input_shape": list(raw.train_images.shape[1:]),
         "normalisation": {"mean": mean.flatten().tolist(), "std": std.flatten().tolist(), "from": "training split"},
+        "augment": augment,
+        # Positions in the released arrays: train/val index the released training set, test the
+        # released test set (a different array), so the three can never share an image.
+        "split_indices": {"train": f"released train minus {val_size} held out (seed {split_seed})",
+                          "val_sha256": index_digest(val_idx), "train_sha256": index_digest(train_idx),
+                          "test": "released test set, all images"},
     }
     return Splits(
         train_x=((train_images.float() / 255.0) - mean) / std,
@@ -285,7 +299,44 @@ def load_splits(name: str, root, download: bool, val_size: int, split_seed: int,
         test_y=labels(raw.test_labels),
         num_classes=raw.num_classes,
         info=info,
+        augment=augment,
+        pad_value=((0.0 - mean) / std),
     )
+
+
+def split_indices(n_train_all: int, val_size: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) positions in the released training set: a seeded permutation, the first
+    `val_size` held out for validation. Disjoint by construction; the test set is another array."""
+    order = np.random.default_rng(split_seed).permutation(n_train_all)
+    return order[val_size:], order[:val_size]
+
+
+def index_digest(idx: np.ndarray) -> str:
+    """A short fingerprint of an index set (order-free), recorded so a split can be checked."""
+    return hashlib.sha256(np.sort(idx).astype(np.int64).tobytes()).hexdigest()[:16]
+
+
+def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator, pad_value: torch.Tensor,
+                  padding: int = 4) -> torch.Tensor:
+    """A training batch with the dataset's augmentation, on x's device, from `generator`.
+
+    crop_flip: each image padded by `padding` black pixels on every side, cropped back to its size
+    at a random offset, then flipped left-right with probability 1/2 (torchvision's RandomCrop(32,
+    padding=4) + RandomHorizontalFlip, done for the whole batch at once with index arithmetic)."""
+    if kind == "none":
+        return x
+    n, c, h, w = x.shape
+    padded = pad_value.expand(n, c, h + 2 * padding, w + 2 * padding).clone()
+    padded[:, :, padding : padding + h, padding : padding + w] = x
+    dy = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    out = padded[batch, chans, rows, cols]
+    flip = torch.rand(n, device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
 def _channel_stats(images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.data import Splits, batches
+from benchmark.data import Splits, augment_batch, batches
 from benchmark.meters import Meters
 from methods import Method
 
@@ -147,6 +147,7 @@ def train(
 ) -> dict:
     """Train `method` on `data` and return the run's metrics (see benchmark/results.py)."""
     order = torch.Generator().manual_seed(seed)
+    augment_rng = torch.Generator(device=data.train_x.device).manual_seed(seed)
     data = apply_speed_options(method, data, cfg)
     autocast = lambda: precision(cfg, data.train_x.device)  # noqa: E731
     n = len(data.train_y)
@@ -173,6 +174,8 @@ def train(
                     loss_sum = torch.zeros((), device=data.train_x.device)
                     for step, idx in enumerate(batches(n, cfg.batch_size, order, data.train_x.device)):
                         x, y = data.train_x[idx], data.train_y[idx]
+                        if data.augment != "none":
+                            x = augment_batch(x, data.augment, augment_rng, data.pad_value)
                         with autocast():
                             if step_flops_per_sample is None:
                                 loss, flops = meters.measure_step(lambda: method.train_step(x, y, idx), method.modules.parameters())

@@ -38,6 +38,8 @@ from typing import Callable
 
 import torch
 
+from benchmark.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -85,6 +87,45 @@ class SavedTensorPeak:
 
 def figure(value, unit: str, source: str, estimated: bool, **extra) -> dict:
     return {"value": value, "unit": unit, "source": source, "estimated": estimated, **extra}
+
+
+def time_source(device: torch.device) -> str:
+    """What the wall-clock figures are: on CUDA the device is synchronised at each window edge,
+    so queued kernels count where they ran; on the CPU there is nothing to synchronise."""
+    if device.type == "cuda":
+        return "time.perf_counter, CUDA synchronised at each window edge"
+    return "time.perf_counter"
+
+
+def check_energy_request(cfg: "MeasureConfig", device: torch.device) -> None:
+    """An explicit energy backend that this machine cannot give is a one-line error before any
+    training; only `auto` falls back (to the next backend, then to CodeCarbon's estimate), and the
+    record names the source it used."""
+    wanted = cfg.energy
+    if wanted == "nvml":
+        if device.type != "cuda":
+            raise UserError(f"measure.energy=nvml but this run is on {device.type}: NVML measures NVIDIA GPUs",
+                            "use measure.energy=auto (or rapl / codecarbon) for CPU runs")
+        nvml = import_pynvml()
+        try:
+            if nvml is None:
+                raise OSError("the nvidia-ml-py package is not installed")
+            nvml.nvmlInit()
+        except Exception as err:  # noqa: BLE001 - pynvml raises its own NVMLError types
+            raise UserError(f"measure.energy=nvml but NVML is unavailable here ({err})",
+                            "use measure.energy=auto to fall back to an estimate, or fix the NVIDIA driver") from None
+    elif wanted == "rapl":
+        if device.type != "cpu":
+            raise UserError(f"measure.energy=rapl but this run is on {device.type}: RAPL measures the CPU package",
+                            "use measure.energy=nvml or auto for GPU runs")
+        try:
+            RaplCounter(cfg.rapl_root)
+        except (OSError, ValueError) as err:
+            raise UserError(f"measure.energy=rapl but RAPL is not readable here ({err})",
+                            "use measure.energy=auto to fall back to CodeCarbon's estimate, or make the counters readable") from None
+    elif wanted == "codecarbon" and not cfg.emissions:
+        raise UserError("measure.energy=codecarbon needs CodeCarbon, but measure.emissions=false",
+                        "set measure.emissions=true, or measure.energy=auto / none")
 
 
 def sync(device: torch.device) -> None:
@@ -301,11 +342,11 @@ class Meters:
         self.seconds = {"train": 0.0, "eval": 0.0}
         self.joules = {"train": 0.0, "eval": 0.0}
         self.short_window_estimate = False
+        self.notes: list[str] = []  # how `auto` chose its energy backend (recorded with the figure)
         self.energy = self._pick_energy_backend()
         self.flops = {"train": 0, "eval": 0}
         self.activation_bytes: int | None = None  # peak saved-for-backward bytes of one step
         self.eval_flops_per_sample: dict[str, float] = {}
-        self.notes: list[str] = []
         self._tracker = codecarbon_tracker(cfg.country_iso_code) if cfg.emissions else None
         if cfg.cooldown_s > 0:
             time.sleep(cfg.cooldown_s)  # heat from an earlier trial raises the next one's readings
@@ -317,18 +358,21 @@ class Meters:
     # -- backends ------------------------------------------------------------------------------
     def _pick_energy_backend(self):
         wanted = self.cfg.energy
+        check_energy_request(self.cfg, self.device)  # an explicit backend that is missing stops here
         if wanted in ("auto", "nvml") and self.device.type == "cuda":
             try:
                 backend = NvmlEnergy(self.device.index or 0, self.cfg.nvml_interval_s)
                 backend.start_sampling()
                 return backend
             except OSError as err:
-                log.info("no NVML energy: %s", err)
+                if wanted == "nvml":
+                    raise UserError(f"measure.energy=nvml but NVML failed ({err})", "use measure.energy=auto") from None
+                self.notes.append(f"auto energy: no NVML ({err}); next backend")
         if wanted in ("auto", "rapl") and self.device.type == "cpu":
             try:
                 return RaplCounter(self.cfg.rapl_root)
             except (OSError, ValueError) as err:
-                log.info("no RAPL energy: %s", err)
+                self.notes.append(f"auto energy: no RAPL ({err}); CodeCarbon's estimate instead")
         return None  # energy then comes from CodeCarbon's estimate, or is absent
 
     def _start_memory(self) -> None:
@@ -385,11 +429,12 @@ class Meters:
     def summary(self, train_samples: int, epoch_seconds: list[float]) -> dict:
         sync(self.device)
         total_s = time.perf_counter() - self._t0
+        clock = time_source(self.device)
         out = {
-            "time_total": figure(total_s, "s", "time.perf_counter, GPU synchronised", False),
-            "time_train": figure(self.seconds["train"], "s", "time.perf_counter, GPU synchronised", False),
-            "time_eval": figure(self.seconds["eval"], "s", "time.perf_counter, GPU synchronised", False),
-            "time_per_epoch": figure(epoch_seconds, "s", "time.perf_counter, GPU synchronised", False),
+            "time_total": figure(total_s, "s", clock, False),
+            "time_train": figure(self.seconds["train"], "s", clock, False),
+            "time_eval": figure(self.seconds["eval"], "s", clock, False),
+            "time_per_epoch": figure(epoch_seconds, "s", clock, False),
             "throughput_train": figure(
                 train_samples / self.seconds["train"] if self.seconds["train"] else None,
                 "samples/s", "training samples / training time", False,
@@ -472,8 +517,8 @@ class Meters:
             # CodeCarbon gives one figure for the whole run; split it by time spent in each phase.
             per_s = emissions["energy_j"] / total_s
             src = "codecarbon_estimate (run total split by time)"
-            return {
-                f"energy_{k}": figure(per_s * self.seconds[k], "J", src, True, scope="CPU+RAM model estimate")
-                for k in ("train", "eval")
-            }
+            extra = {"scope": "CPU+RAM model estimate"}
+            if self.notes:
+                extra["fallback"] = "; ".join(self.notes)
+            return {f"energy_{k}": figure(per_s * self.seconds[k], "J", src, True, **extra) for k in ("train", "eval")}
         return {}

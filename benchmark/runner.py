@@ -7,6 +7,7 @@ a bug in a method) is recorded as status "failed" with its reason instead of tak
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import traceback
@@ -25,14 +26,22 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=2)
-def _splits(name: str, root: str, download: bool, val_size: int, split_seed: int, device: str):
-    return data_mod.load_splits(name, root, download, val_size, split_seed, torch.device(device))
+def _splits(name: str, root: str, download: bool, val_size: int, split_seed: int, device: str, augment: str):
+    return data_mod.load_splits(name, root, download, val_size, split_seed, torch.device(device), augment)
 
 
 def load_data(job: Checked) -> data_mod.Splits:
     cfg = job.cfg
     return _splits(cfg.dataset.name, str(cfg.data.root), bool(cfg.data.download), int(cfg.dataset.val_size),
-                   int(cfg.dataset.split_seed), str(job.device))
+                   int(cfg.dataset.split_seed), str(job.device), str(cfg.dataset.get("augment", "none")))
+
+
+def train_settings(job: Checked, data: data_mod.Splits) -> loop.TrainConfig:
+    """The job's training settings with the batch size decided: train.batch_size when set, else
+    the method's own (capped on small datasets, see config.BatchRule)."""
+    if job.batch_rule is None:
+        return job.train
+    return dataclasses.replace(job.train, batch_size=job.batch_rule.for_dataset(len(data.train_y)))
 
 
 def now() -> str:
@@ -62,12 +71,13 @@ def execute(
     hp = job.hp if hp is None else hp
     started = now()
     data = load_data(job)
+    train_cfg = train_settings(job, data)
     loop.seed_everything(seed)
     meters = None
     try:
         method = job.method_cls(to_dict(cfg.arch), data.input_shape, data.num_classes, hp, job.device)
         meters = Meters(job.measure, job.device)
-        outcome = loop.train(method, data, job.train, meters, seed, evaluate_test, on_epoch, desc=cell_name(cfg))
+        outcome = loop.train(method, data, train_cfg, meters, seed, evaluate_test, on_epoch, desc=cell_name(cfg))
     except loop.Pruned:
         raise
     except Exception as err:  # noqa: BLE001 - any fault in a trial is recorded, the sweep goes on
@@ -84,6 +94,9 @@ def execute(
         measurements = meters.summary(metrics.get("train_samples", 0), epoch_seconds)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["method"]["hp"] = dict(vars(hp))
+    resolved["train"]["batch_size"] = train_cfg.batch_size
+    resolved["train"]["batch_size_from"] = "train.batch_size" if job.batch_rule is None else (
+        f"the method's own ({job.batch_rule.size}; at least {job.batch_rule.min_steps} steps per epoch)")
     record = {
         "schema_version": results.SCHEMA_VERSION,
         "run_id": run_id or uuid.uuid4().hex,

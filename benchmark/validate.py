@@ -1,7 +1,8 @@
 """Typed checks of config sections: unknown keys, missing keys, wrong types, out-of-range values.
 
 A section is described by a dataclass whose field metadata gives the valid range:
-{"gt": x}, {"ge": x}, {"lt": x}, {"le": x}, {"choices": [...]}. `check_fields` returns the dataclass
+{"gt": x}, {"ge": x}, {"lt": x}, {"le": x}, {"choices": [...]}; for lists, {"min_items": n} and
+the same range keys applied to every item. A field typed `X | None` accepts null. `check_fields` returns the dataclass
 instance or raises a one-line UserError naming the key and what to do.
 """
 from __future__ import annotations
@@ -27,12 +28,21 @@ def check_fields(prefix: str, schema: type, values: dict, where: str):
 
 
 def check_value(key: str, value, hint, meta):
+    args = typing.get_args(hint)
+    if type(None) in args:  # Optional: null is allowed, anything else is checked as the other type
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if typing.get_origin(hint) is list:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key}={value!r} should be a list", "write it as [a, b, ...]")
-        value = list(value)
+        if len(value) < meta.get("min_items", 0):
+            raise UserError(f"{key}={list(value)!r} needs at least {meta['min_items']} item(s)", "give e.g. [256, 256]")
+        (item_hint,) = typing.get_args(hint) or (object,)
+        item_meta = {k: v for k, v in meta.items() if k != "min_items"}
+        return [check_value(f"{key}[{i}]", item, item_hint, item_meta) for i, item in enumerate(value)]
     elif hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise UserError(f"{key}={value!r} should be of type {hint.__name__}", f"give a value of type {hint.__name__}")
     if isinstance(value, float) and value != value:

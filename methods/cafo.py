@@ -23,8 +23,10 @@ stopping is joint); BatchNorm statistics of the random blocks are the training s
 train mode before freezing) rather than each full batch's; features are computed once and cached
 for the whole phase (the official code also forwards each block once). `cafo_dfa`: the official
 repository has no DFA training script; we follow the paper's description (blocks trained by DFA
-first, then the predictors) with Adam and Gaussian feedback matrices. The comparison trained the DFA
-blocks a fixed 250 epochs; here they get hp.dfa_fraction of the run's epoch budget.
+first, then the predictors) with Adam and Gaussian feedback matrices. The comparison (Spyra 2025)
+trained the DFA blocks a fixed 5 epochs on MNIST and 250 on CIFAR-10; here they get
+hp.dfa_fraction of the run's epoch budget. Its CIFAR figures used random crop + horizontal flip,
+which the cifar dataset configs now apply too (`augment: crop_flip`).
 """
 from __future__ import annotations
 

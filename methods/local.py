@@ -12,9 +12,11 @@ End-to-End Training", ICLR 2021 (InfoPro).
 - Targets: the labels.
 - Prediction: the last module's classifier, which is the end-to-end network's own head (the
   same head BP trains), so the predicting network is exactly BP's architecture.
-- Auxiliary classifiers: a linear map for vector features; for feature maps, average pooling
-  to 2x2 then a linear map (DGL's auxiliary nets are small CNNs; InfoPro adds a reconstruction
-  decoder, which this module leaves out: it is the supervised-only variant).
+- Auxiliary classifiers (hp.aux): "dgl" (default), DGL's auxiliary network: conv-BN-ReLU layers,
+  2x2 average pooling, a two-layer MLP, at widths of its own (see `dgl_head` for the one change:
+  maps are pooled to at most 8x8 first); "linear", the small head (2x2 pooling + a linear map, or
+  a linear map for vectors), the weakest of the family, kept for comparison. InfoPro adds a
+  reconstruction decoder, which this module leaves out: it is the supervised-only variant.
 
 Memory: only one module's activations are held for backward at a time, so the activation memory
 of a training step is that of the largest module rather than the whole network. Every run
@@ -37,6 +39,10 @@ from methods._optim import OptimizerHyper, make_optimizer
 @dataclass
 class LocalHyper(OptimizerHyper):
     modules: int = field(metadata={"ge": 0})  # K; 0 = one module per block
+    aux: str = field(metadata={"choices": ("dgl", "linear")})  # auxiliary classifier kind
+    aux_channels: int = field(metadata={"ge": 1})  # dgl: conv width
+    aux_convs: int = field(metadata={"ge": 0})  # dgl: conv layers
+    aux_hidden: int = field(metadata={"ge": 1})  # dgl: MLP hidden width
 
 
 def split(n_blocks: int, k: int) -> list[range]:
@@ -47,11 +53,30 @@ def split(n_blocks: int, k: int) -> list[range]:
     return [range(s, s + size) for s, size in zip(starts, sizes)]
 
 
-def auxiliary_classifier(shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def small_head(shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """hp.aux=linear: a linear map (vectors) or 2x2 average pooling then a linear map (maps)."""
     if len(shape) == 1:
         return nn.Linear(shape[0], num_classes)
     pool = min(2, shape[1])
     return nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(shape[0] * pool * pool, num_classes))
+
+
+def dgl_head(shape: tuple[int, ...], num_classes: int, channels: int, convs: int, hidden: int) -> nn.Module:
+    """hp.aux=dgl: DGL's auxiliary network (eugenium/DGL): a few 3x3 conv-BN-ReLU layers, average
+    pooling to 2x2, then a two-layer MLP with BatchNorm. Its widths (hp.aux_channels, hp.aux_hidden)
+    do not depend on the trunk's, so a thin first stage still gets a capable classifier. Feature
+    maps are first average-pooled to at most 8x8 (DGL's "mlp-sr" variant also shrinks them first):
+    it bounds the auxiliary net's cost on full-resolution stages. Vectors get the MLP alone."""
+    if len(shape) == 1:
+        return nn.Sequential(nn.Linear(shape[0], hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+    layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(min(8, shape[1]))]
+    in_ch = shape[0]
+    for _ in range(convs):
+        layers += [nn.Conv2d(in_ch, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()]
+        in_ch = channels
+    layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(in_ch * 4, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+               nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
 
 
 @register
@@ -67,12 +92,17 @@ class LocalLearning(Method):
         groups = split(len(net.blocks), hp.modules)
         self.modules["stages"] = nn.ModuleList(nn.Sequential(*(net.blocks[i] for i in g)) for g in groups).to(device)
         end_to_end_head = archs.Chain(net, num_classes).head  # BP's head, for the last module
-        heads = [auxiliary_classifier(net.out_shapes[g[-1]], num_classes) for g in groups[:-1]] + [end_to_end_head]
+        heads = [self.auxiliary(net.out_shapes[g[-1]], num_classes) for g in groups[:-1]] + [end_to_end_head]
         self.modules["heads"] = nn.ModuleList(heads).to(device)
         self.optimizers = [
             make_optimizer(hp.optimizer, [*s.parameters(), *h.parameters()], hp.lr, hp.weight_decay, hp.momentum)
             for s, h in zip(self.modules["stages"], self.modules["heads"])
         ]
+
+    def auxiliary(self, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        if self.hp.aux == "linear":
+            return small_head(shape, num_classes)
+        return dgl_head(shape, num_classes, self.hp.aux_channels, self.hp.aux_convs, self.hp.aux_hidden)
 
     def train_step(self, x, y, idx):
         total, h = torch.zeros((), device=x.device), x

@@ -2,7 +2,9 @@
 
 Krutsylo, "Scalable Forward-Forward Algorithm", arXiv 2501.03176 (2025).
 
-- Locality: per block. Each block reads the previous block's output *detached*; backprop runs
+- Locality: per block. Each block reads the previous block's output, layer-normalised (per
+  sample, over all its features, no learned affine; hp.layer_norm, on as the author describes it)
+  and *detached*; backprop runs
   only inside the block (through its convolutions, BatchNorms and residual shortcut) and its
   class head. The blocks of a ResNet-18 (`resnet` arch: stem + 8 residual blocks) are the units.
 - Goodness per class: a 1x1 convolution maps the block's output to one channel per class; the
@@ -13,9 +15,10 @@ Krutsylo, "Scalable Forward-Forward Algorithm", arXiv 2501.03176 (2025).
 - Prediction: the average over blocks of each block's softmax vote; hp.vote_from skips the
   first blocks (their features are too shallow to vote well).
 
-Implemented from the paper's description: no public reference code was available to check
-against, so loss scale (mean vs sum of squares) and the voting set are our choices, both stated
-here. The paper trains ResNet-18 (width 64) on CIFAR-10 for many epochs on a GPU; the
+Implemented from the paper's description and its author's summary (krutsylo.neocities.org/sff):
+no public reference code was available to check against, so loss scale (mean vs sum of squares),
+the voting set and where the normalisation sits (the goodness reads the raw block output, the next
+block its layer-normalised copy, as FF does between layers) are our choices, all stated here. The paper trains ResNet-18 (width 64) on CIFAR-10 for many epochs on a GPU; the
 `resnet18_w8` preset (width 8) keeps a CPU run to minutes per epoch.
 """
 from __future__ import annotations
@@ -34,6 +37,14 @@ from methods._optim import OptimizerHyper, make_optimizer
 @dataclass
 class SFFHyper(OptimizerHyper):
     vote_from: int = field(metadata={"ge": 0})  # first block whose vote counts at prediction
+    layer_norm: bool = field(metadata={})  # the author's: each block's output layer-normalised
+
+
+def normalise(h: torch.Tensor) -> torch.Tensor:
+    """Layer normalisation of each sample's block output over all its features (no learned scale
+    or shift): as in FF, the next block sees the pattern of the activity, not its size, so the
+    goodness a block reached cannot be read off by the next one."""
+    return F.layer_norm(h, h.shape[1:])
 
 
 def class_goodness(maps: torch.Tensor) -> torch.Tensor:
@@ -61,23 +72,28 @@ class ScalableForwardForward(Method):
         ]
         self.vote_from = min(hp.vote_from, len(net.blocks) - 1)
 
+    def next_input(self, h: torch.Tensor) -> torch.Tensor:
+        return normalise(h) if self.hp.layer_norm else h
+
     def train_step(self, x, y, idx):
         total, h = torch.zeros((), device=x.device), x
         for block, conv, optimizer in zip(self.modules["blocks"], self.modules["class_convs"], self.optimizers):
-            h = block(h.detach())  # the boundary
-            loss = F.cross_entropy(class_goodness(conv(h)), y)
+            out = block(h.detach())  # the boundary
+            loss = F.cross_entropy(class_goodness(conv(out)), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach()
+            h = self.next_input(out)
         return total / len(self.optimizers)
 
     def predict(self, x):
         votes, h = [], x
         for i, (block, conv) in enumerate(zip(self.modules["blocks"], self.modules["class_convs"])):
-            h = block(h)
+            out = block(h)
             if i >= self.vote_from:
-                votes.append(F.softmax(class_goodness(conv(h)), dim=1))
+                votes.append(F.softmax(class_goodness(conv(out)), dim=1))
+            h = self.next_input(out)
         return torch.log(torch.stack(votes).mean(0).clamp_min(1e-12))
 
     def extra_metrics(self):

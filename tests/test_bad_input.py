@@ -29,7 +29,18 @@ CASES = {
     "unknown autocast": (["train.autocast=fp8"], "train.autocast"),
     "compile a torch.func method": (["method=fg", "train.compile=true"], "cannot be compiled"),
     "pepita momentum of 1": (["method=pepita", "arch=mlp_1x1024", "method.hp.momentum=1.0"], "less than"),
-    "unknown activation": (["arch.activation=swish"], "arch.activation"),
+    "unknown activation": (["arch=mlp", "arch.activation=swish"], "arch.activation"),
+    "empty widths": (["arch=mlp", "arch.widths=[]"], "arch.widths"),
+    "zero width": (["arch=mlp", "arch.widths=[0]"], "arch.widths[0]"),
+    "widths not a list": (["arch=mlp", "arch.widths=abc"], "arch.widths"),
+    "width not an integer": (["arch=mlp", "arch.widths=[12.5]"], "arch.widths[0]"),
+    "zero cnn channels": (["arch=cnn", "arch.channels=[32,0]"], "arch.channels[1]"),
+    "zero resnet width": (["method=bp", "arch=resnet18_w8", "arch.width=0"], "arch.width"),
+    "unknown arch field": (["arch=mlp", "+arch.depth=3"], "arch.depth"),
+    "nvml on a cpu run": (["device=cpu", "measure.energy=nvml"], "measure.energy=nvml"),
+    "rapl where none is readable": (["device=cpu", "measure.energy=rapl", "measure.rapl_root=/nonexistent"], "measure.energy=rapl"),
+    "codecarbon energy without codecarbon": (["measure.energy=codecarbon", "measure.emissions=false"], "measure.energy=codecarbon"),
+    "zero method batch size": (["method.batch_size=0"], "method.batch_size"),
 }
 
 

@@ -136,7 +136,7 @@ def test_energy_falls_back_to_codecarbon_estimate_labelled_as_estimate(tmp_path)
 def test_flop_count_of_an_mlp_step_equals_the_analytic_count():
     from tests.conftest import compose
 
-    job = compose("method=bp", "arch.widths=[100]", "dataset=digits", "measure.emissions=false")
+    job = compose("method=bp", "arch=mlp", "arch.widths=[100]", "dataset=digits", "measure.emissions=false")
     method = job.method_cls(dict(job.cfg.arch), (1, 8, 8), 10, job.hp, torch.device("cpu"))
     m = Meters(MeasureConfig(emissions=False, energy="none"), torch.device("cpu"))
     batch = 32
@@ -188,3 +188,23 @@ def test_codecarbon_writes_no_file_and_opens_no_connection(tmp_path):
     assert report["attempts"] == []
     assert report["emissions"] > 0
     assert set(tmp_path.rglob("*")) == before  # no emissions.csv, no .codecarbon.config, nothing
+
+
+def test_cpu_timings_are_labelled_as_what_was_done():
+    m = Meters(MeasureConfig(energy="none", emissions=False), torch.device("cpu"))
+    with m.window("train"):
+        pass
+    out = m.summary(0, [])
+    assert out["time_train"]["source"] == "time.perf_counter"  # nothing was synchronised on a CPU
+    assert "CUDA" in meters.time_source(torch.device("cuda"))
+
+
+def test_an_explicit_energy_backend_that_is_missing_is_an_error_auto_falls_back(tmp_path):
+    from benchmark.errors import UserError
+
+    with pytest.raises(UserError, match="measure.energy=rapl"):
+        Meters(MeasureConfig(energy="rapl", emissions=False, rapl_root=str(tmp_path)), torch.device("cpu"))
+    with pytest.raises(UserError, match="measure.energy=nvml"):
+        Meters(MeasureConfig(energy="nvml", emissions=False), torch.device("cpu"))
+    auto = Meters(MeasureConfig(energy="auto", emissions=False, rapl_root=str(tmp_path)), torch.device("cpu"))
+    assert auto.energy is None and any("no RAPL" in note for note in auto.notes)  # said, not silent

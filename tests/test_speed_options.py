@@ -17,7 +17,7 @@ def build(job_factory, *overrides):
 
 
 def one_epoch(job, data, method, **options):
-    cfg = loop.TrainConfig(**{**vars(job.train), "epochs": 1, "patience": 0, **options})
+    cfg = loop.TrainConfig(**{**vars(runner.train_settings(job, data)), "epochs": 1, "patience": 0, **options})
     meters = Meters(MeasureConfig(energy="none", emissions=False), job.device)
     out = loop.train(method, data, cfg, meters, seed=0)
     return out, meters
