@@ -12,7 +12,7 @@ each split's images come from in the released arrays) so their disjointness can 
 
 Augmentation (`augment`, per dataset YAML): "crop_flip" is the CIFAR recipe of the papers this
 benchmark compares with (random 4-pixel-padded crop + horizontal flip), applied to each training
-batch on the device, batched and seeded (`augment_batch`); "none" for MNIST-like data.
+batch on the device, batched and seeded (`crop_flip`); "none" for MNIST-like data.
 """
 from __future__ import annotations
 
@@ -316,15 +316,11 @@ def index_digest(idx: np.ndarray) -> str:
     return hashlib.sha256(np.sort(idx).astype(np.int64).tobytes()).hexdigest()[:16]
 
 
-def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator, pad_value: torch.Tensor,
-                  padding: int = 4) -> torch.Tensor:
-    """A training batch with the dataset's augmentation, on x's device, from `generator`.
-
-    crop_flip: each image padded by `padding` black pixels on every side, cropped back to its size
-    at a random offset, then flipped left-right with probability 1/2 (torchvision's RandomCrop(32,
-    padding=4) + RandomHorizontalFlip, done for the whole batch at once with index arithmetic)."""
-    if kind == "none":
-        return x
+def crop_flip(x: torch.Tensor, generator: torch.Generator, pad_value: torch.Tensor, padding: int = 4) -> torch.Tensor:
+    """The `crop_flip` augmentation of a training batch, on x's device, from `generator`: each image
+    padded by `padding` black pixels on every side, cropped back to its size at a random offset,
+    then flipped left-right with probability 1/2 (torchvision's RandomCrop(32, padding=4) +
+    RandomHorizontalFlip, done for the whole batch at once with index arithmetic)."""
     n, c, h, w = x.shape
     padded = pad_value.expand(n, c, h + 2 * padding, w + 2 * padding).clone()
     padded[:, :, padding : padding + h, padding : padding + w] = x

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.data import Splits, augment_batch, batches
+from benchmark.data import Splits, batches, crop_flip
 from benchmark.meters import Meters
 from methods import Method
 
@@ -174,8 +174,8 @@ def train(
                     loss_sum = torch.zeros((), device=data.train_x.device)
                     for step, idx in enumerate(batches(n, cfg.batch_size, order, data.train_x.device)):
                         x, y = data.train_x[idx], data.train_y[idx]
-                        if data.augment != "none":
-                            x = augment_batch(x, data.augment, augment_rng, data.pad_value)
+                        if data.augment == "crop_flip":
+                            x = crop_flip(x, augment_rng, data.pad_value)
                         with autocast():
                             if step_flops_per_sample is None:
                                 loss, flops = meters.measure_step(lambda: method.train_step(x, y, idx), method.modules.parameters())

@@ -358,7 +358,6 @@ class Meters:
     # -- backends ------------------------------------------------------------------------------
     def _pick_energy_backend(self):
         wanted = self.cfg.energy
-        check_energy_request(self.cfg, self.device)  # an explicit backend that is missing stops here
         if wanted in ("auto", "nvml") and self.device.type == "cuda":
             try:
                 backend = NvmlEnergy(self.device.index or 0, self.cfg.nvml_interval_s)
@@ -372,7 +371,11 @@ class Meters:
             try:
                 return RaplCounter(self.cfg.rapl_root)
             except (OSError, ValueError) as err:
+                if wanted == "rapl":
+                    raise UserError(f"measure.energy=rapl but RAPL is not readable here ({err})", "use measure.energy=auto") from None
                 self.notes.append(f"auto energy: no RAPL ({err}); CodeCarbon's estimate instead")
+        if wanted in ("nvml", "rapl"):  # asked for by name, on a device it does not measure
+            check_energy_request(self.cfg, self.device)
         return None  # energy then comes from CodeCarbon's estimate, or is absent
 
     def _start_memory(self) -> None:

@@ -4,13 +4,14 @@ Kao & Hariharan, "Counter-Current Learning: A Biologically Plausible Dual Networ
 Deep Learning", NeurIPS 2024, arXiv 2409.19841. Code: IandRover/CCL-NeurIPS24.
 
 Two networks run against each other:
-- the forward network maps the input x up through the blocks to the logits: a_0 = x,
-  a_l = block_l(a_{l-1} detached), logits = head(a_L detached);
-- the feedback network maps the targets down, mirroring it: starting from the one-hot codes of
-  all classes (a classes x classes identity), c_L = act(G_head(codes)), c_{l-1} = act(G_l(c_l
+- the forward network maps the input x up through the blocks to the logits: a_0 = x, a_l =
+  block_l(a_{l-1} detached), logits = head(a_L detached);
+- the feedback network maps the targets down, mirroring it: starting from the one-hot codes of all
+  classes (a classes x classes identity), c_L = act(G_head(codes)), c_{l-1} = act(G_l(c_l
   detached)) -- the *activated* c_l is what goes down, as the reference's `reverse` chain does --
-  and c_0 = G_1(c_1) without activation (it lives in input space); G_l maps block l's output shape back to its input shape (a Linear for
-  MLP blocks; nearest upsampling to the input size then a 3x3 convolution for conv blocks).
+  and c_0 = G_1(c_1) without activation (it lives in input space); G_l maps block l's output shape
+  back to its input shape (a Linear for MLP blocks; nearest upsampling to the input size then a 3x3
+  convolution for conv blocks).
 
 - Loss, per level l = 0..L: the forward activations of the batch and the feedback codes of the
   classes are compared as a (batch x classes) similarity C = a_l c_l^T, pulled towards the
@@ -38,10 +39,11 @@ upsample + 3x3 conv mirror rather than the reference's strided convolutions.
 
 What we found: an earlier version of this module handed each level's pre-activation down the
 feedback chain (so below the top the feedback network was effectively linear); fixed, and
-`tests/test_methods.py` re-computes the reference's recursion to hold it. Feedback layers must have no bias, as in the reference. With biases, every class
-code shares one offset and the similarity loss cannot separate the classes: on 10k MNIST images
-the validation accuracy stayed at 19-38 % over 5 epochs, against 86 % after 4 epochs without
-them. The reference's lr = 1 suits its 100 epochs; at small budgets tuning picks the rate.
+`tests/test_faithfulness.py` re-computes the reference's recursion to hold it. Feedback layers must
+have no bias, as in the reference. With biases, every class code shares one offset and the
+similarity loss cannot separate the classes: on 10k MNIST images the validation accuracy stayed at
+19-38 % over 5 epochs, against 86 % after 4 epochs without them. The reference's lr = 1 suits its
+100 epochs; at small budgets tuning picks the rate.
 """
 from __future__ import annotations
 

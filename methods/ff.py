@@ -25,13 +25,14 @@ Reference implementation followed for the details the paper leaves open: loeweX/
 
 Differences from the paper: the paper's MNIST figure (1.36% error) used 60 epochs of 4x2000 with
 full-batch-like schedules we do not reproduce; here the epoch budget is the experiment's, shared
-with BP. Batch size: loeweX's 100; on small datasets the harness lowers it so an epoch has at
-least 75 steps (configs/method/ff.yaml), since FF needs many small steps (digits at batch 128
-gives 10 steps an epoch and FF stays near chance). From loeweX we take the initialisation (N(0, 1/width) weights, zero bias), the RMS
-normalisation, theta = width, peer normalisation and the "full-gradient ReLU" (the gradient passes
-where the unit is off, hp.full_grad_relu) -- a trick the paper does not describe. Differences from
-the comparison's code (Przemyslaw11/BeyondBackpropagation): we default to AdamW as its best MNIST
-setting does, but its threshold convention and tuned values differ (our theta is per unit).
+with BP. Batch size: loeweX's 100; on small datasets the harness lowers it so an epoch has at least
+75 steps (configs/method/ff.yaml), since FF needs many small steps (digits at batch 128 gives 10
+steps an epoch and FF stays near chance). From loeweX we take the initialisation (N(0, 1/width)
+weights, zero bias), the RMS normalisation, theta = width, peer normalisation and the
+"full-gradient ReLU" (the gradient passes where the unit is off, hp.full_grad_relu) -- a trick the
+paper does not describe. Differences from the comparison's code (Przemyslaw11/BeyondBackpropagation): we
+default to AdamW as its best MNIST setting does, but its threshold convention and tuned values
+differ (our theta is per unit).
 """
 from __future__ import annotations
 

@@ -18,19 +18,19 @@ Algorithm, per batch:
 Differences from the paper: the paper's learning rate decays as lr_0 * exp(-k * step); here the
 schedule is none or cosine like every other method, and the optimiser is tuned. Known behaviour:
 the estimate's variance grows with the parameter count, so on 10^6-parameter MLPs it learns far
-more slowly per epoch than BP; the paper reports the runtime per step, not better accuracy.
-What we tried (MNIST, 784-1024-10): SGD lr 2e-4 with momentum 0.9 and one tangent diverged in
-epoch 4; Adam (lr 1e-4) stayed near chance, since it rescales each coordinate of a mostly-noise
-estimate to unit size; SGD lr 5e-5 with one tangent learns steadily but slowly (68.9 % after 10
-MNIST epochs). Defaults: SGD lr 1e-4, momentum 0.9, 4 tangents per step (4 jvps: the estimate's variance
-drops 4x), on the 1x1024 MLP, with batches small enough for 75 steps an epoch on small datasets.
-On digits at the root budget (20 epochs of 1,200 images, batch 16) that gave 0.84 (one seed; lr
-2e-4 gave 0.75, one tangent 0.36-0.45), where BP reaches ~0.93. Why its floor on digits is 0.60,
-not 0.80 (configs/method/fg.yaml): the noise of a few-direction estimate over 76k parameters makes
-single runs swing by 10 points between seeds and settings, so 0.80 would be a coin toss. Expect it to fall well short of BP at equal
-epochs.
-BatchNorm layers (cnn) run with batch statistics under the jvp; their running statistics are
-updated outside it, in a plain no-grad forward pass, so evaluation uses current statistics.
+more slowly per epoch than BP; the paper reports the runtime per step, not better accuracy. What we
+tried (MNIST, 784-1024-10): SGD lr 2e-4 with momentum 0.9 and one tangent diverged in epoch 4; Adam
+(lr 1e-4) stayed near chance, since it rescales each coordinate of a mostly-noise estimate to unit
+size; SGD lr 5e-5 with one tangent learns steadily but slowly (68.9 % after 10 MNIST epochs).
+Defaults: SGD lr 1e-4, momentum 0.9, 4 tangents per step (4 jvps: the estimate's variance drops
+4x), on the 1x1024 MLP, with batches small enough for 75 steps an epoch on small datasets. On
+digits at the root budget (20 epochs of 1,200 images, batch 16) that gave 0.84 (one seed; lr 2e-4
+gave 0.75, one tangent 0.36-0.45), where BP reaches ~0.93. Why its floor on digits is 0.60, not
+0.80 (configs/method/fg.yaml): the noise of a few-direction estimate over 76k parameters makes
+single runs swing by 10 points between seeds and settings, so 0.80 would be a coin toss. Expect it
+to fall well short of BP at equal epochs. BatchNorm layers (cnn) run with batch statistics under
+the jvp; their running statistics are updated outside it, in a plain no-grad forward pass, so
+evaluation uses current statistics.
 """
 from __future__ import annotations
 

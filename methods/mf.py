@@ -10,12 +10,12 @@ Training Harnessing Local Errors", arXiv 2501.09238 (2025).
 - Targets: the labels (no negatives are made).
 - Prediction: the last layer's projection, argmax of a_L M_L^T.
 
-Two schedules (hp.schedule): "joint", every layer updated on every batch (the paper), and
-"greedy", the comparison's: layer 1 trained alone, then frozen while layer 2 trains, and so on,
-each layer getting an equal share of the run's epoch budget (the comparison trained each layer
-14 epochs on MNIST, each layer with its own budget, so its MF trained longer than its BP). In the greedy schedule the frozen layers'
-outputs for the training set are computed once per phase, not every epoch, and prediction during
-phase k uses layer k's projection.
+Two schedules (hp.schedule): "joint", every layer updated on every batch (the paper), and "greedy",
+the comparison's: layer 1 trained alone, then frozen while layer 2 trains, and so on, each layer
+getting an equal share of the run's epoch budget (the comparison trained each layer 14 epochs on
+MNIST, each layer with its own budget, so its MF trained longer than its BP). In the greedy
+schedule the frozen layers' outputs for the training set are computed once per phase, not every
+epoch, and prediction during phase k uses layer k's projection.
 
 Differences from the paper: optimiser and learning rate are tuned by the harness like every other
 method's; the paper's MNIST figures use its own longer schedules.

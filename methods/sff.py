@@ -15,11 +15,12 @@ Krutsylo, "Scalable Forward-Forward Algorithm", arXiv 2501.03176 (2025).
 - Prediction: the average over blocks of each block's softmax vote; hp.vote_from skips the
   first blocks (their features are too shallow to vote well).
 
-Implemented from the paper's description and its author's summary (krutsylo.neocities.org/sff):
-no public reference code was available to check against, so loss scale (mean vs sum of squares),
-the voting set and where the normalisation sits (the goodness reads the raw block output, the next
-block its layer-normalised copy, as FF does between layers) are our choices, all stated here. The paper trains ResNet-18 (width 64) on CIFAR-10 for many epochs on a GPU; the
-`resnet18_w8` preset (width 8) keeps a CPU run to minutes per epoch.
+Implemented from the paper's description and its author's summary (krutsylo.neocities.org/sff): no
+public reference code was available to check against, so loss scale (mean vs sum of squares), the
+voting set and where the normalisation sits (the goodness reads the raw block output, the next
+block its layer-normalised copy, as FF does between layers) are our choices, all stated here. The
+paper trains ResNet-18 (width 64) on CIFAR-10 for many epochs on a GPU; the `resnet18_w8` preset
+(width 8) keeps a CPU run to minutes per epoch.
 """
 from __future__ import annotations
 

@@ -158,12 +158,12 @@ def test_quoted_figures_are_the_sources():
 # -- CIFAR augmentation ---------------------------------------------------------------------------
 
 def test_crop_flip_is_a_shifted_and_maybe_mirrored_copy_seeded():
-    from benchmark.data import augment_batch
+    from benchmark.data import crop_flip
 
     x = torch.randn(32, 3, 8, 8)
     pad = torch.full((1, 3, 1, 1), -5.0)
-    out = augment_batch(x, "crop_flip", torch.Generator().manual_seed(1), pad)
-    again = augment_batch(x, "crop_flip", torch.Generator().manual_seed(1), pad)
+    out = crop_flip(x, torch.Generator().manual_seed(1), pad)
+    again = crop_flip(x, torch.Generator().manual_seed(1), pad)
     assert torch.equal(out, again)  # seeded
     padded = torch.full((32, 3, 16, 16), -5.0)
     padded[:, :, 4:12, 4:12] = x
