@@ -68,7 +68,7 @@ class MethodSchema:
 
     name: str = field(metadata={})
     native_arch: str = field(metadata={})  # the architecture it runs on when no arch= is given
-    batch_size: int = field(default=128, metadata={"ge": 1})  # its paper's batch size
+    batch_size: int = field(default=128, metadata={"ge": 1})  # its paper's, where its YAML gives one
     # Small datasets: the batch shrinks so that an epoch has at least this many optimizer steps
     # (a method that needs many small steps, like FF, says so here instead of failing on digits).
     min_steps_per_epoch: int = field(default=1, metadata={"ge": 1})
