@@ -99,6 +99,22 @@ def test_ff_learning_rate_cooldown_is_loewex_linear_decay():
     assert ff.optimizers[0].param_groups[0]["lr"] == pytest.approx(ff.hp.lr * cooldown_factor(3, 4))
 
 
+def test_ff_negatives_never_carry_the_true_label():
+    ff, _ = build("method=ff", "arch=mlp_2x1000")
+    y = torch.arange(10).repeat(100)
+    assert not torch.any(ff.wrong_labels(y) == y)
+
+
+def test_ff_loss_pushes_positives_up_and_negatives_down():
+    """The local loss is small when the first n_pos rows (positives) have high goodness and the
+    rest low, and large the other way round: it knows which rows are which."""
+    ff, _ = build("method=ff", "arch=mlp_2x1000", "method.hp.peer_normalization=0")
+    high, low = torch.full((8, 1000), 2.0), torch.zeros(8, 1000)
+    right = ff.layer_loss(0, torch.cat([high, low]), n_pos=8)
+    wrong = ff.layer_loss(0, torch.cat([low, high]), n_pos=8)
+    assert right < 0.1 < wrong
+
+
 # -- Scalable FF ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("training", [True, False])
