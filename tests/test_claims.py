@@ -151,3 +151,19 @@ def test_welch_test_matches_a_hand_computation():
     assert welch([1, 2, 3, 4], [2, 4, 6, 8, 10]) == pytest.approx(0.069134, rel=1e-4)
     assert welch([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
     assert math.isnan(welch([1.0], [2.0, 3.0]))
+
+
+# -- Prediction -----------------------------------------------------------------------------------
+
+def test_bp_predicts_the_classes_it_learned():
+    """A fast check of the prediction path: BP fits 64 digits in 60 full-batch steps, and its
+    predict() ranks the learned classes first (a sign flip or a wrong argmax would fail)."""
+    job = compose("method=bp", "arch=mlp", "arch.widths=[64]", "dataset=digits", "measure.emissions=false")
+    data = runner.load_data(job)
+    torch.manual_seed(0)
+    method = job.method_cls(dict(job.cfg.arch), data.input_shape, data.num_classes, job.hp, job.device)
+    x, y = data.train_x[:64], data.train_y[:64]
+    for _ in range(60):
+        method.train_step(x, y, torch.arange(64))
+    with torch.no_grad():
+        assert (method.predict(x).argmax(1) == y).float().mean() >= 0.95

@@ -208,3 +208,21 @@ def test_an_explicit_energy_backend_that_is_missing_is_an_error_auto_falls_back(
         Meters(MeasureConfig(energy="nvml", emissions=False), torch.device("cpu"))
     auto = Meters(MeasureConfig(energy="auto", emissions=False, rapl_root=str(tmp_path)), torch.device("cpu"))
     assert auto.energy is None and any("no RAPL" in note for note in auto.notes)  # said, not silent
+
+
+def test_windows_add_up_time_and_flops_scale_with_samples(job_factory):
+    """Fast checks of the books: two windows' time is their sum, and a 2-epoch run counts twice
+    the training FLOPs of a 1-epoch run (FLOPs of one step, scaled by the samples run)."""
+    m = Meters(MeasureConfig(energy="none", emissions=False), torch.device("cpu"))
+    for _ in range(2):
+        with m.window("train"):
+            time.sleep(0.05)
+    assert m.seconds["train"] >= 0.1
+    from benchmark import runner
+
+    flops = []
+    for epochs in (1, 2):
+        job = job_factory("method=bp", "arch=mlp", "arch.widths=[32]", "dataset=digits", f"train.epochs={epochs}",
+                          "train.patience=0", "measure.energy=none")
+        flops.append(runner.execute(job)["measurements"]["flops_train"]["value"])
+    assert flops[1] == 2 * flops[0] > 0
