@@ -226,5 +226,5 @@ def test_windows_add_up_time_and_flops_scale_with_samples(job_factory):
                           "train.patience=0", "measure.energy=none")
         flops.append(runner.execute(job)["measurements"]["flops_train"]["value"])
     assert flops[1] == 2 * flops[0] > 0
-    # at least forward + backward (2x forward) of 64-32-10 for each of digits' 1200 training images
-    assert flops[0] >= 1200 * 3 * 2 * (64 * 32 + 32 * 10)
+    # at least twice the forward FLOPs (forward + backward) of 64-32-10 for each of 1200 training images
+    assert flops[0] >= 1200 * 2 * 2 * (64 * 32 + 32 * 10)
