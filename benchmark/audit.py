@@ -82,7 +82,7 @@ def audit_step(method, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> A
     """Run one `train_step` of `method` under the audit and report what crossed which boundary."""
     report = AuditReport(method.name, method.locality.kind)
     unit_of = {id(p): name for name, params in method.units().items() for p in params}
-    frozen = list(getattr(method, "frozen_parameters", lambda: [])())
+    frozen = method.frozen_parameters()
     before = [p.detach().clone() for p in frozen]
     passes: list[set[int]] = []
     with record_backward_passes(passes):

@@ -1,10 +1,15 @@
-"""Composing and checking configs, before anything trains.
+"""Composing and checking a job, once, before anything trains.
 
+Owns the `Job`: one composed config with its parts checked and typed (method class and
+hyperparameters, training budget, measurement, tuning settings and search space, device).
 `preflight(argv)` expands the command line (and an experiment's own sweep) into every job it
 would launch, composes each with Hydra's compose API and checks it: method, architecture and
-dataset exist and fit together, every hyperparameter and training setting has the right type and
-range, the dataset is on disk (or may be downloaded), the results directory is writable. The first
-problem is raised as a one-line UserError; nothing has trained yet.
+dataset exist and fit together, every setting has the right type and range (the ranges are the
+metadata of the settings' dataclasses), the dataset is on disk (or may be downloaded), the results
+directory is writable, a tuning storage is reachable. The first problem is raised as a one-line
+UserError; nothing has trained yet. `build_method(job, data)` is the one place a method is built.
+
+Imports run one way: command line -> tuning -> runner -> config -> spec (pyproject's contracts).
 """
 from __future__ import annotations
 
@@ -18,9 +23,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark import data as data_mod
+from benchmark import spec
 from benchmark.errors import UserError
 from benchmark.loop import TrainConfig
 from benchmark.meters import MeasureConfig
+from benchmark.settings import DatasetSettings, MethodSettings, SearchParam, TuningConfig, check_search_space
 from benchmark.validate import check_fields
 
 CONFIG_DIR = Path(os.environ.get("BPFREE_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
@@ -28,55 +35,6 @@ TOP_LEVEL = {
     "method", "arch", "dataset", "mode", "experiment_name", "seed", "device", "results_dir", "data", "train",
     "measure", "tuning", "references", "skip_unsupported", "experiment",
 }
-
-
-@dataclass
-class TrainSchema:
-    epochs: int = field(metadata={"ge": 1})
-    batch_size: int | None = field(metadata={"ge": 1})  # None: the method's own (its YAML)
-    eval_batch_size: int = field(metadata={"ge": 1})
-    patience: int = field(metadata={"ge": 0})
-    min_delta: float = field(metadata={"ge": 0})
-    restore_best: bool = field(metadata={})
-    compile: bool = field(metadata={})
-    autocast: str = field(metadata={"choices": ("none", "bf16")})
-    channels_last: bool = field(metadata={})
-
-
-@dataclass
-class MeasureSchema:
-    energy: str = field(metadata={"choices": ("auto", "nvml", "rapl", "codecarbon", "none")})
-    emissions: bool = field(metadata={})
-    country_iso_code: str = field(metadata={})
-    nvml_interval_s: float = field(metadata={"gt": 0})
-    rapl_root: str = field(metadata={})
-    cooldown_s: float = field(metadata={"ge": 0})
-    flops: bool = field(metadata={})
-
-
-@dataclass
-class DatasetSchema:
-    name: str = field(metadata={})
-    val_size: int = field(metadata={"ge": 1})
-    split_seed: int = field(metadata={"ge": 0})
-    augment: str = field(default="none", metadata={"choices": ("none", "crop_flip")})
-
-
-@dataclass
-class MethodSchema:
-    """The keys of a configs/method/*.yaml besides `hp` and `search_space` (checked on their own)."""
-
-    name: str = field(metadata={})
-    native_arch: str = field(metadata={})  # the architecture it runs on when no arch= is given
-    batch_size: int = field(default=128, metadata={"ge": 1})  # its paper's, where its YAML gives one
-    # Small datasets: the batch shrinks so that an epoch has at least this many optimizer steps
-    # (a method that needs many small steps, like FF, says so here instead of failing on digits).
-    min_steps_per_epoch: int = field(default=1, metadata={"ge": 1})
-    # The test accuracy one digits run at these defaults and the root budget must reach
-    # (tests/test_methods.py); a method that cannot reach the usual 0.80 says why in its docstring.
-    digits_floor: float = field(default=0.80, metadata={"gt": 0, "le": 1})
-    hp: dict = field(default_factory=dict, metadata={})
-    search_space: dict = field(default_factory=dict, metadata={})
 
 
 @dataclass(frozen=True)
@@ -92,8 +50,9 @@ class BatchRule:
 
 
 @dataclass
-class Checked:
-    """A composed config, checked, with its parts as typed objects."""
+class Job:
+    """A composed config, checked, with its parts as typed objects. `cfg` stays for what is
+    recorded as it was composed (names, paths, the resolved config)."""
 
     cfg: DictConfig
     method_cls: type
@@ -101,8 +60,17 @@ class Checked:
     train: TrainConfig
     measure: MeasureConfig
     device: torch.device
+    settings: MethodSettings
+    dataset: DatasetSettings
+    search_space: dict[str, SearchParam] = field(default_factory=dict)
+    tuning: TuningConfig | None = None  # mode=tune only
     supported: bool = True
     batch_rule: BatchRule | None = None  # set when train.batch_size is None (the method's own)
+
+
+def build_method(job: Job, data, hp=None):
+    """The job's method, built for `data` (input shape, classes) with `hp` (default: the job's)."""
+    return job.method_cls(to_dict(job.cfg.arch), data.input_shape, data.num_classes, job.hp if hp is None else hp, job.device)
 
 
 def to_dict(node) -> dict:
@@ -123,10 +91,8 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def check(cfg: DictConfig) -> Checked:
+def check(cfg: DictConfig) -> Job:
     """Check one composed config; raise a one-line UserError on the first problem."""
-    import methods
-
     unknown = sorted(set(cfg.keys()) - TOP_LEVEL)
     if unknown:
         raise UserError(f"'{unknown[0]}' is not a known setting", "see configs/config.yaml for the settings")
@@ -135,9 +101,11 @@ def check(cfg: DictConfig) -> Checked:
         raise UserError(f"seed={seed!r} must be a non-negative integer", "give e.g. seed=0")
     if cfg.mode not in ("run", "tune"):
         raise UserError(f"mode={cfg.mode!r} is not a mode", "use mode=run or mode=tune")
-    method_cls = methods.get(cfg.method.name)
-    method_meta = check_fields("method", MethodSchema, to_dict(cfg.method), f"configs/method/{cfg.method.name}.yaml")
-    hp = methods.check_hyperparameters(method_cls.Hyper, to_dict(cfg.method.hp), cfg.method.name)
+    method_cls = spec.get(cfg.method.name)
+    method_yaml = f"configs/method/{cfg.method.name}.yaml"
+    settings = check_fields("method", MethodSettings, to_dict(cfg.method), method_yaml)
+    hp = spec.check_hyperparameters(method_cls.Hyper, settings.hp, cfg.method.name)
+    search_space = check_search_space(settings.search_space, method_cls.Hyper, cfg.method.name)
     resolve_native_arch(cfg)
     arch = to_dict(cfg.arch)
     from benchmark import archs
@@ -150,25 +118,27 @@ def check(cfg: DictConfig) -> Checked:
         if not cfg.skip_unsupported:
             raise
         supported = False
-    train = TrainConfig(**vars(check_fields("train", TrainSchema, to_dict(cfg.train), "configs/config.yaml")))
-    measure = MeasureConfig(**vars(check_fields("measure", MeasureSchema, to_dict(cfg.measure), "configs/config.yaml")))
-    dataset = check_fields("dataset", DatasetSchema, to_dict(cfg.dataset), "configs/dataset/")
+    train = check_fields("train", TrainConfig, to_dict(cfg.train), "configs/config.yaml")
+    measure = check_fields("measure", MeasureConfig, to_dict(cfg.measure), "configs/config.yaml")
+    dataset = check_fields("dataset", DatasetSettings, to_dict(cfg.dataset), "configs/dataset/")
     data_mod.check_available(dataset.name, cfg.data.root, bool(cfg.data.download))
     device = resolve_device(str(cfg.device))
     check_speed_options(train, method_cls, device)
     from benchmark.meters import check_energy_request
 
     check_energy_request(measure, device)
-    batch_rule = None if train.batch_size is not None else BatchRule(method_meta.batch_size, method_meta.min_steps_per_epoch)
+    batch_rule = None if train.batch_size is not None else BatchRule(settings.batch_size, settings.min_steps_per_epoch)
     check_writable(Path(cfg.results_dir) / cfg.experiment_name)
     from benchmark import results
 
     results.read_records(results.runs_file(cfg.results_dir, cfg.experiment_name), strict=True)  # corrupt line: stop now
+    tuning = None
     if cfg.mode == "tune":
-        from benchmark import tuning
+        from benchmark import storage
 
-        tuning.check_settings(cfg)
-    return Checked(cfg, method_cls, hp, train, measure, device, supported, batch_rule)
+        tuning = check_fields("tuning", TuningConfig, to_dict(cfg.tuning), "configs/config.yaml")
+        storage.check_reachable(storage.storage_spec(cfg))
+    return Job(cfg, method_cls, hp, train, measure, device, settings, dataset, search_space, tuning, supported, batch_rule)
 
 
 def resolve_native_arch(cfg: DictConfig) -> None:
@@ -273,7 +243,7 @@ def expand(argv: list[str]) -> list[list[str]]:
     return [base + list(combo) for combo in itertools.product(*axes)] if axes else [base]
 
 
-def preflight(argv: list[str]) -> list[Checked]:
+def preflight(argv: list[str]) -> list[Job]:
     """Compose and check every job of `argv`. Raises UserError before anything trains."""
     jobs = [check(compose(overrides)) for overrides in expand(argv)]
     if not any(job.supported for job in jobs):

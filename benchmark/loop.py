@@ -7,8 +7,8 @@ training loss ends the run with status "diverged". After the last phase, the tes
 evaluated once, unless the caller is a tuning trial (which never sees the test set).
 
 Cost discipline: the loss is summed on the device and read once per epoch (one sync per epoch,
-not per step); FLOPs are counted on the first step of each phase and the first evaluation batch
-only, then scaled by what was run.
+not per step); the meters count FLOPs on the first step and evaluation batch of each phase and
+scale them by what was run.
 
 Speed options (config `train.*`, all off by default; `make perf` measures whether each helps on
 the machine at hand, see README):
@@ -26,7 +26,7 @@ import dataclasses
 import math
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from benchmark.data import Splits, batches, crop_flip
 from benchmark.meters import Meters
-from methods import Method
+from benchmark.spec import Method
 
 
 class Pruned(Exception):
@@ -48,15 +48,17 @@ class BudgetExhausted(Exception):
 
 @dataclass
 class TrainConfig:
-    epochs: int
-    batch_size: int
-    eval_batch_size: int
-    patience: int  # epochs without improvement before stopping; 0 turns early stopping off
-    min_delta: float  # an improvement smaller than this (in accuracy, 0..1) does not count
-    restore_best: bool
-    compile: bool = False
-    autocast: str = "none"  # none | bf16
-    channels_last: bool = False
+    """The training budget and options (config `train.*`); the metadata is each field's valid range."""
+
+    epochs: int = field(metadata={"ge": 1})
+    batch_size: int | None = field(metadata={"ge": 1})  # None in config: the method's own (runner decides)
+    eval_batch_size: int = field(metadata={"ge": 1})
+    patience: int = field(metadata={"ge": 0})  # epochs without improvement before stopping; 0 = off
+    min_delta: float = field(metadata={"ge": 0})  # a smaller improvement (accuracy, 0..1) does not count
+    restore_best: bool = field(metadata={})
+    compile: bool = field(default=False, metadata={})
+    autocast: str = field(default="none", metadata={"choices": ("none", "bf16")})
+    channels_last: bool = field(default=False, metadata={})
 
 
 def precision(cfg: TrainConfig, device: torch.device):
@@ -105,26 +107,18 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(method: Method, x: torch.Tensor, y: torch.Tensor, batch_size: int, meters: Meters, flops_key: str,
+def evaluate(method: Method, x: torch.Tensor, y: torch.Tensor, batch_size: int, meters: Meters,
              autocast=contextlib.nullcontext):
-    """(accuracy, mean cross-entropy of the method's class scores) over x, y.
-
-    Evaluation FLOPs per sample are counted once per `flops_key` (the phase: prediction can change
-    between phases) and added for every sample evaluated."""
+    """(accuracy, mean cross-entropy of the method's class scores) over x, y."""
     method.train(False)
     correct, loss_sum = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
     for start in range(0, len(y), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         with autocast():
-            if start == 0 and flops_key not in meters.eval_flops_per_sample:
-                scores, flops = meters.measure_flops(lambda: method.predict(xb))
-                meters.eval_flops_per_sample[flops_key] = flops / len(yb)
-            else:
-                scores = method.predict(xb)
+            scores = meters.eval_batch(lambda: method.predict(xb), len(yb))
         correct += (scores.argmax(1) == yb).sum()
         loss_sum += F.cross_entropy(scores.float(), yb, reduction="sum")
     method.train(True)
-    meters.add_flops("eval", meters.eval_flops_per_sample.get(flops_key, 0) * len(y))
     return correct.item() / len(y), loss_sum.item() / len(y)
 
 
@@ -160,16 +154,14 @@ def train(
     try:
         for phase in phases:
             with meters.window("train"):
-                _, flops = meters.measure_flops(
-                    lambda: method.start_phase(phase, data.train_x, data.train_y, phase.epochs * steps_per_epoch)
+                meters.start_phase(
+                    lambda: method.start_phase(phase, data.train_x, data.train_y, phase.epochs * steps_per_epoch), phase.name
                 )
-                meters.add_flops("train", flops)
-            step_flops_per_sample = None
             phase_best, phase_state, bad_epochs = -1.0, None, 0
             phase_reason = "max_epochs"
             for _ in range(phase.epochs):
                 epoch_no += 1
-                t0 = meters.seconds["train"] + meters.seconds["eval"]
+                t0 = meters.elapsed()["seconds"]
                 with meters.window("train"):
                     loss_sum = torch.zeros((), device=data.train_x.device)
                     for step, idx in enumerate(batches(n, cfg.batch_size, order, data.train_x.device)):
@@ -177,22 +169,17 @@ def train(
                         if data.augment == "crop_flip":
                             x = crop_flip(x, augment_rng, data.pad_value)
                         with autocast():
-                            if step_flops_per_sample is None:
-                                loss, flops = meters.measure_step(lambda: method.train_step(x, y, idx), method.modules.parameters())
-                                step_flops_per_sample = flops / len(idx)
-                            else:
-                                loss = method.train_step(x, y, idx)
+                            loss = meters.train_step(lambda: method.train_step(x, y, idx), len(idx), method.modules.parameters())
                         loss_sum += loss.float()
                     train_loss = loss_sum.item() / steps_per_epoch  # the epoch's one sync
                 samples_seen += n
-                meters.add_flops("train", step_flops_per_sample * n)
                 if not math.isfinite(train_loss):
                     status, stop_reason = "diverged", "non-finite training loss"
                     error = f"training loss became {train_loss} in epoch {epoch_no} (phase {phase.name})"
                     history.append(_epoch_record(epoch_no, phase.name, train_loss, None, None, meters, t0))
                     break
                 with meters.window("eval"):
-                    val_acc, val_loss = evaluate(method, data.val_x, data.val_y, cfg.eval_batch_size, meters, phase.name, autocast)
+                    val_acc, val_loss = evaluate(method, data.val_x, data.val_y, cfg.eval_batch_size, meters, autocast)
                 record = _epoch_record(epoch_no, phase.name, train_loss, val_acc, val_loss, meters, t0)
                 history.append(record)
                 bar.update(1)
@@ -235,13 +222,12 @@ def train(
     }
     if status == "completed":
         with meters.window("eval"):
-            final = phases[-1].name
             metrics["val_accuracy"], metrics["val_loss"] = evaluate(
-                method, data.val_x, data.val_y, cfg.eval_batch_size, meters, final, autocast
+                method, data.val_x, data.val_y, cfg.eval_batch_size, meters, autocast
             )
             if evaluate_test:
                 metrics["test_accuracy"], metrics["test_loss"] = evaluate(
-                    method, data.test_x, data.test_y, cfg.eval_batch_size, meters, final, autocast
+                    method, data.test_x, data.test_y, cfg.eval_batch_size, meters, autocast
                 )
         metrics["extra"] = method.extra_metrics()
     elif history and history[-1]["val_accuracy"] is not None:
@@ -250,13 +236,14 @@ def train(
 
 
 def _epoch_record(epoch, phase, train_loss, val_acc, val_loss, meters: Meters, t0: float) -> dict:
+    totals = meters.elapsed()
     return {
         "epoch": epoch,
         "phase": phase,
         "train_loss": train_loss,
         "val_accuracy": val_acc,
         "val_loss": val_loss,
-        "seconds": meters.seconds["train"] + meters.seconds["eval"] - t0,
-        "train_seconds_cum": meters.seconds["train"],
-        "energy_j_cum": meters.joules["train"] + meters.joules["eval"],
+        "seconds": totals["seconds"] - t0,
+        "train_seconds_cum": totals["train_seconds"],
+        "energy_j_cum": totals["joules"],
     }

@@ -1,8 +1,11 @@
 """Measurement of every run: energy, emissions, time, memory, FLOPs, throughput.
 
-The training loop knows one interface: `Meters.window("train" | "eval")`, a context manager
-around a stretch of work. What is behind it is chosen from what the machine has (and can be
-overridden in config `measure.*`):
+The training loop knows a small interface and nothing behind it: `window("train" | "eval")`
+around a stretch of work, `start_phase`, `train_step` and `eval_batch` around the method's calls
+(the meters count FLOPs and activation memory on the first call and scale by what ran),
+`elapsed()` for the epoch records, `summary()` at the end. Energy backends live in
+benchmark/energy.py, memory bookkeeping in benchmark/memory.py; what is used is chosen from what
+the machine has (and can be overridden in config `measure.*`):
 
 - wall time: always; the GPU is synchronised at both edges of every window.
 - energy: the NVML total-energy counter (Volta and newer), else NVML power sampled in a thread and
@@ -13,9 +16,9 @@ overridden in config `measure.*`):
   assumes a country), one per process, logs silenced, no CSV.
 - peak memory: torch's allocator peak on CUDA (what the method needs, not the CUDA context) and
   NVML's device memory separately; on the CPU the process's peak RSS growth over the run.
-- FLOPs: `measure_flops` wraps one training step / one evaluation batch in torch's FlopCounterMode;
-  the loop scales by the steps and samples actually run.
-- activation memory: `measure_step` also counts, during the first training step of each phase,
+- FLOPs: the first training step of each phase and the first evaluation batch of each phase run
+  under torch's FlopCounterMode; every later step and batch adds FLOPs-per-sample x its samples.
+- activation memory: the first training step of each phase also counts
   the bytes autograd holds for backward (saved-tensor hooks; peak of what is alive at once,
   parameters left out). It is device independent, so a block-local method's saving against BP
   shows on the CPU too, where process RSS is dominated by the dataset.
@@ -26,63 +29,18 @@ as a measurement.
 from __future__ import annotations
 
 import logging
-import os
-import re
-import threading
 import time
-import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from benchmark.energy import NvmlEnergy, RaplCounter, check_energy_request, codecarbon_tracker
 from benchmark.errors import UserError
+from benchmark.memory import SavedTensorPeak, read_status_kib, release_freed_heap, reset_peak_rss
 
 log = logging.getLogger(__name__)
-
-
-class SavedTensorPeak:
-    """Peak bytes of tensors autograd keeps for backward, alive at the same time.
-
-    A pack hook wraps each saved tensor in a small holder and counts its bytes; when the graph
-    that owns the holder is freed (after its backward pass, or when dropped), a finalizer
-    subtracts them. Parameters (a matmul saves its weight) are not activations and are skipped.
-    A tensor saved by two nodes is counted twice, as autograd may keep it twice in views.
-    """
-
-    class _Held:
-        __slots__ = ("tensor", "__weakref__")
-
-        def __init__(self, tensor):
-            self.tensor = tensor
-
-    def __init__(self, parameters):
-        self.param_ptrs = {p.data_ptr() for p in parameters}
-        self.live = self.peak = 0
-
-    def _release(self, nbytes: int) -> None:
-        self.live -= nbytes
-
-    def pack(self, tensor: torch.Tensor):
-        if tensor.data_ptr() in self.param_ptrs:
-            return tensor
-        held = self._Held(tensor)
-        nbytes = tensor.numel() * tensor.element_size()
-        self.live += nbytes
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(held, self._release, nbytes)
-        return held
-
-    @staticmethod
-    def unpack(held):
-        return held.tensor if isinstance(held, SavedTensorPeak._Held) else held
-
-    @contextmanager
-    def watching(self):
-        with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack):
-            yield self
 
 
 def figure(value, unit: str, source: str, estimated: bool, **extra) -> dict:
@@ -97,240 +55,22 @@ def time_source(device: torch.device) -> str:
     return "time.perf_counter"
 
 
-def check_energy_request(cfg: "MeasureConfig", device: torch.device) -> None:
-    """An explicit energy backend that this machine cannot give is a one-line error before any
-    training; only `auto` falls back (to the next backend, then to CodeCarbon's estimate), and the
-    record names the source it used."""
-    wanted = cfg.energy
-    if wanted == "nvml":
-        if device.type != "cuda":
-            raise UserError(f"measure.energy=nvml but this run is on {device.type}: NVML measures NVIDIA GPUs",
-                            "use measure.energy=auto (or rapl / codecarbon) for CPU runs")
-        nvml = import_pynvml()
-        try:
-            if nvml is None:
-                raise OSError("the nvidia-ml-py package is not installed")
-            nvml.nvmlInit()
-        except Exception as err:  # noqa: BLE001 - pynvml raises its own NVMLError types
-            raise UserError(f"measure.energy=nvml but NVML is unavailable here ({err})",
-                            "use measure.energy=auto to fall back to an estimate, or fix the NVIDIA driver") from None
-    elif wanted == "rapl":
-        if device.type != "cpu":
-            raise UserError(f"measure.energy=rapl but this run is on {device.type}: RAPL measures the CPU package",
-                            "use measure.energy=nvml or auto for GPU runs")
-        try:
-            RaplCounter(cfg.rapl_root)
-        except (OSError, ValueError) as err:
-            raise UserError(f"measure.energy=rapl but RAPL is not readable here ({err})",
-                            "use measure.energy=auto to fall back to CodeCarbon's estimate, or make the counters readable") from None
-    elif wanted == "codecarbon" and not cfg.emissions:
-        raise UserError("measure.energy=codecarbon needs CodeCarbon, but measure.emissions=false",
-                        "set measure.emissions=true, or measure.energy=auto / none")
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-# ------------------------------------------------------------------------------------------------
-# Energy backends. Each has `read() -> joules so far` (monotonic within a run) or a window API.
-
-
-class RaplCounter:
-    """Sum of the package-level RAPL counters (intel-rapl:N/energy_uj), wrap-around handled.
-
-    Also reads AMD's RAPL (exposed by the same powercap driver on recent kernels). Only package
-    domains are summed: their sub-domains (core, uncore, dram on some CPUs) are inside them.
-    """
-
-    source = "rapl"
-    scope = "CPU package(s), whole machine"
-
-    def __init__(self, root: str | os.PathLike = "/sys/class/powercap"):
-        self.domains = [
-            d for d in sorted(Path(root).glob("intel-rapl:*")) if re.fullmatch(r"intel-rapl:\d+", d.name)
-        ]
-        if not self.domains:
-            raise OSError(f"no RAPL package domain under {root}")
-        self.ranges = [int((d / "max_energy_range_uj").read_text()) for d in self.domains]
-        self.last = [self._raw(d) for d in self.domains]  # raises PermissionError when unreadable
-        self.total_uj = 0
-
-    @staticmethod
-    def _raw(domain: Path) -> int:
-        return int((domain / "energy_uj").read_text())
-
-    def read(self) -> float:
-        """Joules since construction. Must be called at least once per counter wrap period
-        (minutes at full load), which every window boundary does."""
-        for i, domain in enumerate(self.domains):
-            now = self._raw(domain)
-            delta = now - self.last[i]
-            if delta < 0:  # the counter wrapped at max_energy_range_uj
-                delta += self.ranges[i]
-            self.total_uj += delta
-            self.last[i] = now
-        return self.total_uj / 1e6
-
-
-def import_pynvml():
-    """`pynvml` from the nvidia-ml-py package, or None where it is not installed."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    return pynvml
-
-
-class NvmlEnergy:
-    """Energy of one GPU from NVML: the total-energy counter (mJ) where supported, else power
-    sampled every `interval_s` in a background thread and integrated (trapezoid rule)."""
-
-    scope = "whole GPU device (all processes on it)"
-    COUNTER_PERIOD_S = 0.1  # the counter updates about every 100 ms
-
-    def __init__(self, device_index: int, interval_s: float = 0.1, nvml=None):
-        self.nvml = nvml or import_pynvml()
-        if self.nvml is None:
-            raise OSError("nvidia-ml-py (module pynvml) is not installed")
-        try:
-            self.nvml.nvmlInit()
-            self.handle = self.nvml.nvmlDeviceGetHandleByIndex(device_index)
-        except self.nvml.NVMLError as err:  # no driver, no library, no device
-            raise OSError(f"NVML unavailable: {err}") from None
-        self.interval_s = interval_s
-        self.info = self._device_info()
-        try:
-            self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
-            self.source = "nvml_energy_counter"
-        except self.nvml.NVMLError:
-            self.source = "nvml_power_sampling"
-        self._sampled_j = 0.0
-        self._thread = None
-        self._stop = threading.Event()
-
-    def _device_info(self) -> dict:
-        def text(v):
-            return v.decode() if isinstance(v, bytes) else v
-
-        return {
-            "gpu_model": text(self.nvml.nvmlDeviceGetName(self.handle)),
-            "driver": text(self.nvml.nvmlSystemGetDriverVersion()),
-            "scope": self.scope,
-        }
-
-    def power_w(self) -> float:
-        return self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0
-
-    def memory_used_bytes(self) -> int:
-        return int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used)
-
-    def counter_j(self) -> float:
-        return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000.0
-
-    # sampling thread (only where the counter is not supported)
-    def start_sampling(self) -> None:
-        if self.source != "nvml_power_sampling" or self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._sample, daemon=True, name="nvml-power")
-        self._thread.start()
-
-    def _sample(self) -> None:
-        last_t, last_p = time.perf_counter(), self.power_w()
-        while not self._stop.wait(self.interval_s):
-            t, p = time.perf_counter(), self.power_w()
-            self._sampled_j += 0.5 * (p + last_p) * (t - last_t)
-            last_t, last_p = t, p
-
-    def stop_sampling(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-
-    def read(self) -> float:
-        return self.counter_j() if self.source == "nvml_energy_counter" else self._sampled_j
-
-
-# ------------------------------------------------------------------------------------------------
-# CodeCarbon: one offline tracker per process, started once, a task per run.
-
-_TRACKER = None
-
-
-def codecarbon_tracker(country: str):
-    """The process's OfflineEmissionsTracker, created on first use. None if CodeCarbon fails."""
-    global _TRACKER
-    if _TRACKER is None:
-        try:
-            from codecarbon import OfflineEmissionsTracker
-
-            logging.getLogger("codecarbon").setLevel(logging.ERROR)  # after import: it sets its own level
-            _TRACKER = OfflineEmissionsTracker(
-                country_iso_code=country,
-                save_to_file=False,  # no CSV anywhere: the figures go into the run's record
-                log_level="error",
-                allow_multiple_runs=True,  # tuning runs several trials per process, one after another
-                measure_power_secs=15,
-                tracking_mode="machine",
-            )
-            _TRACKER.start()
-        except Exception as err:  # CodeCarbon must never take a run down
-            log.warning("CodeCarbon unavailable: %s", err)
-            _TRACKER = False
-    return _TRACKER or None
-
-
-# ------------------------------------------------------------------------------------------------
-# Peak memory
-
-
-def _read_status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def release_freed_heap() -> None:
-    """Give memory that earlier runs freed back to the OS (glibc keeps it otherwise), so that the
-    next run's RSS growth counts what it allocates rather than what it reuses."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS. Linux only."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-# ------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class MeasureConfig:
-    energy: str = "auto"  # auto | nvml | rapl | codecarbon | none
-    emissions: bool = True
-    country_iso_code: str = "USA"
-    nvml_interval_s: float = 0.1
-    rapl_root: str = "/sys/class/powercap"
-    cooldown_s: float = 0.0
-    flops: bool = True
+    """What to measure (config `measure.*`); the metadata is each field's valid range."""
+
+    energy: str = field(default="auto", metadata={"choices": ("auto", "nvml", "rapl", "codecarbon", "none")})
+    emissions: bool = field(default=True, metadata={})
+    country_iso_code: str = field(default="USA", metadata={})
+    nvml_interval_s: float = field(default=0.1, metadata={"gt": 0})
+    rapl_root: str = field(default="/sys/class/powercap", metadata={})
+    cooldown_s: float = field(default=0.0, metadata={"ge": 0})
+    flops: bool = field(default=True, metadata={})
 
 
 class Meters:
@@ -344,9 +84,11 @@ class Meters:
         self.short_window_estimate = False
         self.notes: list[str] = []  # how `auto` chose its energy backend (recorded with the figure)
         self.energy = self._pick_energy_backend()
-        self.flops = {"train": 0, "eval": 0}
+        self.flops = {"train": 0.0, "eval": 0.0}
         self.activation_bytes: int | None = None  # peak saved-for-backward bytes of one step
-        self.eval_flops_per_sample: dict[str, float] = {}
+        self._phase = ""  # prediction can change between phases: its FLOPs are counted per phase
+        self._step_flops_per_sample: float | None = None
+        self._eval_flops_per_sample: dict[str, float] = {}
         self._tracker = codecarbon_tracker(cfg.country_iso_code) if cfg.emissions else None
         if cfg.cooldown_s > 0:
             time.sleep(cfg.cooldown_s)  # heat from an earlier trial raises the next one's readings
@@ -383,7 +125,7 @@ class Meters:
             sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         release_freed_heap()
-        self._rss0_kib = _read_status_kib("VmRSS")
+        self._rss0_kib = read_status_kib("VmRSS")
         self._hwm_reset = reset_peak_rss()
 
     # -- the window ----------------------------------------------------------------------------
@@ -406,7 +148,45 @@ class Meters:
                     self.short_window_estimate = True
                 self.joules[name] += de
 
-    def measure_flops(self, fn: Callable):
+    def elapsed(self) -> dict:
+        """Totals so far, for the epoch records: seconds (train + eval), training seconds, joules."""
+        return {"seconds": self.seconds["train"] + self.seconds["eval"], "train_seconds": self.seconds["train"],
+                "joules": self.joules["train"] + self.joules["eval"]}
+
+    # -- the method's calls: FLOPs counted once per phase, scaled by what ran ---------------------
+    def start_phase(self, setup: Callable, name: str) -> None:
+        """Run a phase's set-up (e.g. caching features); its FLOPs count as training. The phase's
+        first training step is counted afresh (a phase may train other modules)."""
+        _, flops = self._count_flops(setup)
+        self.flops["train"] += flops
+        self._phase = name
+        self._step_flops_per_sample = None
+
+    def train_step(self, step: Callable, n: int, parameters):
+        """Run one training step on `n` samples; returns its result (the loss)."""
+        if self._step_flops_per_sample is None:
+            peak = SavedTensorPeak(parameters)
+            with peak.watching():
+                out, flops = self._count_flops(step)
+            self.activation_bytes = max(self.activation_bytes or 0, peak.peak)
+            self._step_flops_per_sample = flops / n
+        else:
+            out = step()
+        self.flops["train"] += self._step_flops_per_sample * n
+        return out
+
+    def eval_batch(self, predict: Callable, n: int):
+        """Run one prediction on `n` samples; returns the class scores."""
+        per_sample = self._eval_flops_per_sample.get(self._phase)
+        if per_sample is None:
+            out, flops = self._count_flops(predict)
+            per_sample = self._eval_flops_per_sample[self._phase] = flops / n
+        else:
+            out = predict()
+        self.flops["eval"] += per_sample * n
+        return out
+
+    def _count_flops(self, fn: Callable):
         """Run `fn` once under FlopCounterMode: (fn's result, its FLOPs). (result, 0) when off."""
         if not self.cfg.flops:
             return fn(), 0
@@ -416,17 +196,6 @@ class Meters:
         with counter:
             out = fn()
         return out, counter.get_total_flops()
-
-    def measure_step(self, fn: Callable, parameters):
-        """One training step under FlopCounterMode and the saved-tensor count: (result, FLOPs)."""
-        peak = SavedTensorPeak(parameters)
-        with peak.watching():
-            out, flops = self.measure_flops(fn)
-        self.activation_bytes = max(self.activation_bytes or 0, peak.peak)
-        return out, flops
-
-    def add_flops(self, name: str, flops: float) -> None:
-        self.flops[name] += int(flops)
 
     # -- the record ----------------------------------------------------------------------------
     def summary(self, train_samples: int, epoch_seconds: list[float]) -> dict:
@@ -445,8 +214,8 @@ class Meters:
         }
         if self.cfg.flops:
             src = "torch.utils.flop_counter.FlopCounterMode, one step x steps run"
-            out["flops_train"] = figure(self.flops["train"], "FLOP", src, False)
-            out["flops_eval"] = figure(self.flops["eval"], "FLOP", src, False)
+            out["flops_train"] = figure(int(self.flops["train"]), "FLOP", src, False)
+            out["flops_eval"] = figure(int(self.flops["eval"]), "FLOP", src, False)
         out.update(self._memory_figures())
         if self.activation_bytes is not None:
             out["activation_memory"] = figure(
@@ -472,7 +241,7 @@ class Meters:
                     note="whole device at the end of the run, CUDA context and other processes included",
                 )
             return figs
-        hwm, rss0 = _read_status_kib("VmHWM"), self._rss0_kib
+        hwm, rss0 = read_status_kib("VmHWM"), self._rss0_kib
         if hwm is None or rss0 is None:
             return {}
         source = "process peak RSS growth (VmHWM - VmRSS at start)"

@@ -106,7 +106,7 @@ def interleaved(candidates: dict, repeats: int) -> dict[str, float]:
 
 def method_from_config(name: str, arch: str, input_shape, device: torch.device | None = None):
     """A method built exactly as `python -m benchmark method=<name> arch=<arch>` builds it."""
-    import methods
+    from benchmark import spec as methods
     from benchmark.config import compose, to_dict
 
     cfg = compose([f"method={name}", f"arch={arch}"])
@@ -117,10 +117,11 @@ def method_from_config(name: str, arch: str, input_shape, device: torch.device |
 
 
 def bp_method(input_shape):
-    from methods.bp import BP, BPHyper
+    from benchmark import spec
 
-    hp = BPHyper(optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.9, schedule="none")
-    return BP({"kind": "mlp", "widths": [1000, 1000]}, input_shape, 10, hp, DEVICE)
+    bp = spec.get("bp")
+    hp = bp.Hyper(optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.9, schedule="none")
+    return bp({"kind": "mlp", "widths": [1000, 1000]}, input_shape, 10, hp, DEVICE)
 
 
 def harness_epoch(data: Splits, meters_on: bool):
@@ -212,7 +213,7 @@ def matmul_peak() -> float:
 
 
 def method_throughput(n_train: int, epochs: int = 1) -> None:
-    import methods
+    from benchmark import spec as methods
 
     peak = matmul_peak()
     where = f"{torch.get_num_threads()} threads" if DEVICE.type == "cpu" else torch.cuda.get_device_name(DEVICE)
@@ -258,9 +259,13 @@ class LoeweXStyleFF(torch.utils.data.Dataset):
         return pos, neg, neutral, label
 
 
-def reference_ff_epoch(data: Splits, widths, epochs: int) -> tuple[float, float]:
-    from methods.ff import rms_normalise
+def rms_normalise(z: torch.Tensor) -> torch.Tensor:
+    """loeweX's normalisation between FF layers (written out here: the reference is independent
+    of methods/ff.py, whose speed it is compared with)."""
+    return z / (z.pow(2).mean(1, keepdim=True).sqrt() + 1e-8)
 
+
+def reference_ff_epoch(data: Splits, widths, epochs: int) -> tuple[float, float]:
     torch.manual_seed(0)
     layers = torch.nn.ModuleList(torch.nn.Linear(i, o) for i, o in zip([784] + widths[:-1], widths))
     clf = torch.nn.Linear(sum(widths[1:]), 10, bias=False)

@@ -478,7 +478,7 @@ def failures_table(records: list[dict]) -> pd.DataFrame:
 
 def method_notes(methods_seen: list[str]) -> list[dict]:
     """Each method's docstring (its algorithm and its differences from the paper)."""
-    import methods as registry
+    from benchmark import spec as registry
 
     notes = []
     for name in methods_seen:

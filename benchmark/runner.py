@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from benchmark import data as data_mod
 from benchmark import environment, loop, results
-from benchmark.config import Checked, to_dict
+from benchmark.config import Job, build_method, to_dict
 from benchmark.meters import Meters
 
 log = logging.getLogger(__name__)
@@ -30,13 +30,13 @@ def _splits(name: str, root: str, download: bool, val_size: int, split_seed: int
     return data_mod.load_splits(name, root, download, val_size, split_seed, torch.device(device), augment)
 
 
-def load_data(job: Checked) -> data_mod.Splits:
+def load_data(job: Job) -> data_mod.Splits:
     cfg = job.cfg
     return _splits(cfg.dataset.name, str(cfg.data.root), bool(cfg.data.download), int(cfg.dataset.val_size),
                    int(cfg.dataset.split_seed), str(job.device), str(cfg.dataset.get("augment", "none")))
 
 
-def train_settings(job: Checked, data: data_mod.Splits) -> loop.TrainConfig:
+def train_settings(job: Job, data: data_mod.Splits) -> loop.TrainConfig:
     """The job's training settings with the batch size decided: train.batch_size when set, else
     the method's own (capped on small datasets, see config.BatchRule)."""
     if job.batch_rule is None:
@@ -53,7 +53,7 @@ def cell_name(cfg) -> str:
 
 
 def execute(
-    job: Checked,
+    job: Job,
     *,
     kind: str = "run",
     seed: int | None = None,
@@ -75,7 +75,7 @@ def execute(
     loop.seed_everything(seed)
     meters = None
     try:
-        method = job.method_cls(to_dict(cfg.arch), data.input_shape, data.num_classes, hp, job.device)
+        method = build_method(job, data, hp)
         meters = Meters(job.measure, job.device)
         outcome = loop.train(method, data, train_cfg, meters, seed, evaluate_test, on_epoch, desc=cell_name(cfg))
     except loop.Pruned:

@@ -21,9 +21,7 @@ to the study by run_id (a trial user attribute).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import random
 import socket
 import time
 import uuid
@@ -35,8 +33,9 @@ import optuna
 import psutil
 
 from benchmark import loop, results, runner
-from benchmark.config import Checked, to_dict
-from benchmark.errors import UserError
+from benchmark.config import Job, to_dict
+from benchmark.settings import SearchParam, TuningConfig
+from benchmark.storage import claim_lock_path, experiment_dir, file_lock, open_storage, storage_spec
 
 log = logging.getLogger(__name__)
 DEAD = "worker_died"
@@ -44,120 +43,18 @@ OVER_BUDGET = "over_budget"
 
 
 # ------------------------------------------------------------------------------------------------
-# Settings and storage
+# Sampler, pruner, search space
 
 
-def experiment_dir(cfg) -> Path:
-    return Path(cfg.results_dir) / cfg.experiment_name
-
-
-def storage_spec(cfg) -> str:
-    spec = cfg.tuning.storage
-    if spec in (None, ""):
-        return f"sqlite:///{(experiment_dir(cfg) / 'optuna.db').resolve()}"
-    return str(spec)
-
-
-def open_storage(spec: str):
-    """An Optuna storage from a spec: sqlite:///file (default), journal:<file>, or any SQLAlchemy URL."""
-    if spec.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        path = Path(spec.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if spec.startswith("sqlite"):
-        # Several local processes on one SQLite file wait for the lock instead of failing.
-        return optuna.storages.RDBStorage(spec, engine_kwargs={"connect_args": {"timeout": 60}})
-    for attempt in range(3):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(spec, heartbeat_interval=30, grace_period=120)
-        except Exception:  # noqa: BLE001 - two workers creating the schema at once collide: retry
-            if attempt == 2:
-                raise
-            time.sleep(0.5 + random.random())
-
-
-def claim_lock_path(spec: str, cfg) -> Path | None:
-    """A lock file beside file-based storages (SQLite, journal): claiming a budget slot is atomic."""
-    if spec.startswith("journal:"):
-        return Path(spec.removeprefix("journal:") + ".claim.lock")
-    if spec.startswith("sqlite:///"):
-        return Path(spec.removeprefix("sqlite:///") + ".claim.lock")
-    return None
-
-
-@contextlib.contextmanager
-def file_lock(path: Path | None):
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-SPACE_TYPES = ("float", "int", "categorical")
-
-
-def check_settings(cfg) -> None:
-    """Tuning settings, search space and storage, checked before anything trains."""
-    from methods import get
-
-    t = cfg.tuning
-    for key, minimum in (("n_trials", 1), ("max_epochs", 1), ("n_seeds", 1), ("n_startup_trials", 0), ("n_warmup_steps", 0)):
-        value = t[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise UserError(f"tuning.{key}={value!r} must be an integer >= {minimum}", f"set tuning.{key}")
-    if not isinstance(t.enqueue_defaults, bool):
-        raise UserError(f"tuning.enqueue_defaults={t.enqueue_defaults!r} must be true or false", "set it to true or false")
-    if t.sampler not in ("tpe", "qmc", "random"):
-        raise UserError(f"tuning.sampler={t.sampler!r} is not a sampler", "use tpe, qmc or random")
-    if t.pruner not in ("median", "hyperband", "none"):
-        raise UserError(f"tuning.pruner={t.pruner!r} is not a pruner", "use median, hyperband or none")
-    for key in ("timeout_s", "energy_cap_j"):
-        if t[key] is not None and not (isinstance(t[key], (int, float)) and t[key] > 0):
-            raise UserError(f"tuning.{key}={t[key]!r} must be a positive number or null", f"set tuning.{key}")
-    hp_names = set(get(cfg.method.name).Hyper.__dataclass_fields__)
-    for name, spec in (to_dict(cfg.method.get("search_space") or {})).items():
-        where = f"method.search_space.{name}"
-        if name not in hp_names:
-            raise UserError(f"{where} is not a hyperparameter of '{cfg.method.name}'", f"use one of: {', '.join(sorted(hp_names))}")
-        kind = spec.get("type")
-        if kind not in SPACE_TYPES:
-            raise UserError(f"{where}.type={kind!r} is not a search-space type", "use float, int or categorical")
-        if kind == "categorical":
-            if not spec.get("choices"):
-                raise UserError(f"{where} has no choices", "give choices: [a, b, ...]")
-        elif not (isinstance(spec.get("low"), (int, float)) and isinstance(spec.get("high"), (int, float)) and spec["low"] < spec["high"]):
-            raise UserError(f"{where} needs numbers low < high", "fix low and high")
-        elif spec.get("log") and spec["low"] <= 0:
-            raise UserError(f"{where} is log-scaled but low={spec['low']} <= 0", "give a positive low")
-    spec = storage_spec(cfg)
-    try:
-        open_storage(spec)
-    except Exception as err:  # noqa: BLE001 - a driver's many error types all mean the same here
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise UserError(f"tuning.storage {spec!r} is unreachable ({first})", "start the database or fix the URL") from None
-
-
-def make_sampler(cfg, offset: int) -> optuna.samplers.BaseSampler:
-    seed = int(cfg.seed) + offset
-    if cfg.tuning.sampler == "qmc":
+def make_sampler(t: TuningConfig, seed: int) -> optuna.samplers.BaseSampler:
+    if t.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
-    if cfg.tuning.sampler == "random":
+    if t.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(cfg.tuning.n_startup_trials, 1))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(t.n_startup_trials, 1))
 
 
-def make_pruner(cfg) -> optuna.pruners.BasePruner:
-    t = cfg.tuning
+def make_pruner(t: TuningConfig) -> optuna.pruners.BasePruner:
     if t.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=t.max_epochs)
     if t.pruner == "none":
@@ -165,30 +62,21 @@ def make_pruner(cfg) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=t.n_startup_trials, n_warmup_steps=t.n_warmup_steps)
 
 
-def defaults_in_space(hp, space: dict) -> dict:
+def defaults_in_space(hp, space: dict[str, SearchParam]) -> dict:
     """The method's default values that the search space can express (a weight decay of 0 on a
     log scale cannot be: the sampler picks that one)."""
-    out = {}
-    for name, spec in space.items():
-        value = getattr(hp, name)
-        if spec["type"] == "categorical":
-            ok = value in spec["choices"]
-        else:
-            ok = spec["low"] <= value <= spec["high"] and not (spec.get("log") and value <= 0)
-        if ok:
-            out[name] = value
-    return out
+    return {name: getattr(hp, name) for name, param in space.items() if param.contains(getattr(hp, name))}
 
 
-def suggest(trial: optuna.Trial, space: dict) -> dict:
+def suggest(trial: optuna.Trial, space: dict[str, SearchParam]) -> dict:
     values = {}
-    for name, spec in space.items():
-        if spec["type"] == "float":
-            values[name] = trial.suggest_float(name, spec["low"], spec["high"], log=bool(spec.get("log")))
-        elif spec["type"] == "int":
-            values[name] = trial.suggest_int(name, spec["low"], spec["high"], log=bool(spec.get("log")))
+    for name, p in space.items():
+        if p.type == "float":
+            values[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+        elif p.type == "int":
+            values[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
         else:
-            values[name] = trial.suggest_categorical(name, list(spec["choices"]))
+            values[name] = trial.suggest_categorical(name, list(p.choices))
     return values
 
 
@@ -279,7 +167,7 @@ def trial_user_attrs(record: dict) -> dict:
 # The cell
 
 
-def study_for(job: Checked) -> tuple[optuna.Study, str]:
+def study_for(job: Job) -> tuple[optuna.Study, str]:
     cfg = job.cfg
     spec = storage_spec(cfg)
     storage = open_storage(spec)
@@ -290,16 +178,16 @@ def study_for(job: Checked) -> tuple[optuna.Study, str]:
         existing = 0
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=make_sampler(cfg, existing), pruner=make_pruner(cfg),
+        sampler=make_sampler(job.tuning, int(cfg.seed) + existing), pruner=make_pruner(job.tuning),
     )
     study.set_user_attr("experiment", cfg.experiment_name)
     study.set_user_attr("budget", to_dict(cfg.tuning))
     return study, spec
 
 
-def trial_job(job: Checked) -> Checked:
+def trial_job(job: Job) -> Job:
     """The cell's config with the tuning budget's epoch cap: every method gets the same."""
-    return replace(job, train=replace(job.train, epochs=int(job.cfg.tuning.max_epochs)))
+    return replace(job, train=replace(job.train, epochs=job.tuning.max_epochs))
 
 
 def records_by_id(cfg) -> dict[str, dict]:
@@ -328,8 +216,8 @@ def claim_trial(study: optuna.Study, n_trials: int, lock: Path | None, first: di
     return trial
 
 
-def epoch_callback(trial: optuna.Trial, cfg):
-    timeout, energy_cap = cfg.tuning.timeout_s, cfg.tuning.energy_cap_j
+def epoch_callback(trial: optuna.Trial, t: TuningConfig):
+    timeout, energy_cap = t.timeout_s, t.energy_cap_j
 
     def on_epoch(record: dict) -> None:
         trial.report(record["val_accuracy"], step=record["epoch"])
@@ -343,14 +231,13 @@ def epoch_callback(trial: optuna.Trial, cfg):
     return on_epoch
 
 
-def run_trial(job: Checked, study: optuna.Study, trial: optuna.Trial, spec: str) -> dict:
+def run_trial(job: Job, study: optuna.Study, trial: optuna.Trial, spec: str) -> dict:
     cfg = job.cfg
-    space = to_dict(cfg.method.get("search_space") or {})
-    hp = replace(job.hp, **suggest(trial, space))
+    hp = replace(job.hp, **suggest(trial, job.search_space))
     info = {"study": study.study_name, "number": trial.number, "storage": spec}
     try:
         record = runner.execute(
-            trial_job(job), kind="trial", hp=hp, on_epoch=epoch_callback(trial, cfg), evaluate_test=False,
+            trial_job(job), kind="trial", hp=hp, on_epoch=epoch_callback(trial, job.tuning), evaluate_test=False,
             trial=info, run_id=trial.user_attrs["run_id"],
         )
     except KeyboardInterrupt:
@@ -366,12 +253,12 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
 
 
-def final_seeds(cfg) -> list[int]:
+def final_seeds(job: Job) -> list[int]:
     """Distinct seeds for the finals, never the tuning seed itself."""
-    return [int(cfg.seed) + 1 + i for i in range(int(cfg.tuning.n_seeds))]
+    return [int(job.cfg.seed) + 1 + i for i in range(job.tuning.n_seeds)]
 
 
-def run_finals(job: Checked, study: optuna.Study, spec: str) -> list[dict]:
+def run_finals(job: Job, study: optuna.Study, spec: str) -> list[dict]:
     cfg = job.cfg
     best = best_trial(study)
     if best is None:
@@ -385,7 +272,7 @@ def run_finals(job: Checked, study: optuna.Study, spec: str) -> list[dict]:
             r["seed"]: r for r in records_by_id(cfg).values()
             if r.get("kind") == "final" and r.get("cell") == study.study_name and r.get("hp") == dict(vars(hp))
         }
-        for seed in final_seeds(cfg):
+        for seed in final_seeds(job):
             if seed in recorded:
                 done.append(recorded[seed])
                 continue
@@ -394,16 +281,15 @@ def run_finals(job: Checked, study: optuna.Study, spec: str) -> list[dict]:
     return done
 
 
-def tune_cell(job: Checked) -> list[dict]:
+def tune_cell(job: Job) -> list[dict]:
     """Tune the cell of `job` to its budget, then run (or find) its finals. Returns the finals."""
     cfg = job.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, spec = study_for(job)
-    lock = claim_lock_path(spec, cfg)
+    lock = claim_lock_path(spec)
     recover_dead_trials(study, records_by_id(cfg), lock)
-    n_trials = int(cfg.tuning.n_trials)
-    space = to_dict(cfg.method.get("search_space") or {})
-    first = defaults_in_space(job.hp, space) if cfg.tuning.enqueue_defaults else None
+    n_trials = job.tuning.n_trials
+    first = defaults_in_space(job.hp, job.search_space) if job.tuning.enqueue_defaults else None
     while (trial := claim_trial(study, n_trials, lock, first)) is not None:
         record = run_trial(job, study, trial, spec)
         print(f"{study.study_name} trial {trial.number}: {record['status']}"

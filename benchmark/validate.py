@@ -18,7 +18,8 @@ def check_fields(prefix: str, schema: type, values: dict, where: str):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise UserError(f"{prefix}.{unknown[0]} is not a known setting", f"use one of: {', '.join(sorted(fields))}")
-    missing = sorted(n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING)
+    missing = sorted(n for n, f in fields.items() if n not in values
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
     if missing:
         raise UserError(f"{prefix}.{missing[0]} is missing", f"add it to {where}")
     hints = typing.get_type_hints(schema)

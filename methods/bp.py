@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import archs
-from methods import Locality, Method, register
+from benchmark.spec import Locality, Method, register
 from methods._optim import OptimizerHyper, make_optimizer
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark import archs
-from methods import Locality, Method, Phase, register
+from benchmark.spec import Locality, Method, Phase, register
 from methods._optim import OPTIMIZERS, make_optimizer
 
 

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark import archs
-from methods import Locality, Method, register
+from benchmark.spec import Locality, Method, register
 
 
 @dataclass

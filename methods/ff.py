@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import Locality, Method, register
+from benchmark.spec import Locality, Method, register
 from methods._optim import OPTIMIZERS, make_optimizer
 
 

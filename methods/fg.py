@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, jvp
 
 from benchmark import archs
-from methods import Locality, Method, register
+from benchmark.spec import Locality, Method, register
 from methods._optim import OptimizerHyper, make_optimizer
 
 

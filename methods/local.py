@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark import archs
-from methods import Locality, Method, register
+from benchmark.spec import Locality, Method, register
 from methods._optim import OptimizerHyper, make_optimizer
 
 

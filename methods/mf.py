@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import Locality, Method, Phase, register
+from benchmark.spec import Locality, Method, Phase, register
 from methods._optim import OptimizerHyper, make_optimizer
 
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import Locality, Method, register
+from benchmark.spec import Locality, Method, register
 
 
 @dataclass

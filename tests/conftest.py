@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def compose(*overrides: str):
-    """A checked config (benchmark.config.Checked), as `python -m benchmark <overrides>` builds it."""
+    """A checked config (benchmark.config.Job), as `python -m benchmark <overrides>` builds it."""
     from benchmark import config
 
     return config.check(config.compose(list(overrides)))

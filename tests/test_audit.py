@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import methods
+from benchmark import spec as methods
 from benchmark import audit, runner
 from methods.ff import ForwardForward
 from tests.conftest import compose

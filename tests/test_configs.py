@@ -32,7 +32,7 @@ def test_every_arch_preset_composes(arch, tmp_path):
 
 
 def test_smoke_benchmark_covers_every_registered_method(tmp_path):
-    import methods
+    from benchmark import spec as methods
 
     jobs = [j for j in config.preflight(["experiment=smoke", f"results_dir={tmp_path}"]) if j.supported]
     assert {j.cfg.method.name for j in jobs} == set(methods.names())

@@ -9,7 +9,7 @@ import torch
 
 from benchmark import loop, results, runner
 from benchmark.meters import MeasureConfig, Meters
-from methods import Locality, Method
+from benchmark.spec import Locality, Method
 
 
 def test_bp_mlp_learns_digits_above_90_percent(job_factory):

@@ -228,7 +228,7 @@ def test_the_loop_trains_on_augmented_batches_only_when_asked(job_factory):
 # -- Out of the box -------------------------------------------------------------------------------
 
 def test_no_arch_means_the_methods_native_arch():
-    import methods
+    from benchmark import spec as methods
 
     for name in methods.names():
         job = compose(f"method={name}", "dataset=digits")

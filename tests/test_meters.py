@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from benchmark import meters
-from benchmark.meters import MeasureConfig, Meters, NvmlEnergy, RaplCounter
+from benchmark.energy import NvmlEnergy, RaplCounter, import_pynvml
+from benchmark.meters import MeasureConfig, Meters
 
 
 def rapl_tree(root, packages: dict[int, tuple[int, int]]):
@@ -116,7 +117,7 @@ def test_nvml_power_sampling_where_counter_unsupported():
 def test_no_nvml_driver_falls_back_without_crashing():
     with pytest.raises(OSError, match="NVML unavailable"):
         NvmlEnergy(0, nvml=FakeNVML(driver=False))
-    real = meters.import_pynvml()
+    real = import_pynvml()
     if real is not None and not torch.cuda.is_available():
         with pytest.raises(OSError):
             NvmlEnergy(0, nvml=real)  # the real library, no driver on this machine
@@ -141,7 +142,9 @@ def test_flop_count_of_an_mlp_step_equals_the_analytic_count():
     m = Meters(MeasureConfig(emissions=False, energy="none"), torch.device("cpu"))
     batch = 32
     x, y = torch.randn(batch, 1, 8, 8), torch.randint(0, 10, (batch,))
-    _, flops = m.measure_flops(lambda: method.train_step(x, y, None))
+    m.start_phase(lambda: None, "train")
+    m.train_step(lambda: method.train_step(x, y, None), batch, method.modules.parameters())
+    flops = m.flops["train"]
     forward = 2 * batch * (64 * 100 + 100 * 10)
     # backward: the head needs grad of its input and weight, the first layer only its weight grad
     backward = 2 * (2 * batch * 100 * 10) + 2 * batch * 64 * 100

@@ -10,7 +10,7 @@ import pytest
 
 from benchmark import runner
 
-import methods
+from benchmark import spec as methods
 
 
 @pytest.mark.parametrize("name", methods.names())

@@ -1,0 +1,84 @@
+"""Where an experiment's Optuna study lives, and the file locks that make its budget exact.
+
+Owns: the storage spec of a config (`tuning.storage`: null for a SQLite file beside the results,
+`journal:<file>`, or any SQLAlchemy URL such as a PostgreSQL server), opening it, checking it is
+reachable before anything trains, and the claim/finals locks used with file-based storages.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import random
+import time
+import warnings
+from pathlib import Path
+
+from benchmark.errors import UserError
+
+
+def experiment_dir(cfg) -> Path:
+    return Path(cfg.results_dir) / cfg.experiment_name
+
+
+def storage_spec(cfg) -> str:
+    spec = cfg.tuning.storage
+    if spec in (None, ""):
+        return f"sqlite:///{(experiment_dir(cfg) / 'optuna.db').resolve()}"
+    return str(spec)
+
+
+def open_storage(spec: str):
+    """An Optuna storage from a spec: sqlite:///file (default), journal:<file>, or any SQLAlchemy URL."""
+    import optuna
+
+    if spec.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(spec.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if spec.startswith("sqlite"):
+        # Several local processes on one SQLite file wait for the lock instead of failing.
+        return optuna.storages.RDBStorage(spec, engine_kwargs={"connect_args": {"timeout": 60}})
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(spec, heartbeat_interval=30, grace_period=120)
+        except Exception:  # noqa: BLE001 - two workers creating the schema at once collide: retry
+            if attempt == 2:
+                raise
+            time.sleep(0.5 + random.random())
+
+
+def check_reachable(spec: str) -> None:
+    """Open the storage once before anything trains; a one-line UserError if it cannot be."""
+    try:
+        open_storage(spec)
+    except Exception as err:  # noqa: BLE001 - a driver's many error types all mean the same here
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserError(f"tuning.storage {spec!r} is unreachable ({first})", "start the database or fix the URL") from None
+
+
+def claim_lock_path(spec: str) -> Path | None:
+    """A lock file beside file-based storages (SQLite, journal): claiming a budget slot is atomic."""
+    if spec.startswith("journal:"):
+        return Path(spec.removeprefix("journal:") + ".claim.lock")
+    if spec.startswith("sqlite:///"):
+        return Path(spec.removeprefix("sqlite:///") + ".claim.lock")
+    return None
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | None):
+    """An exclusive lock on `path` (nothing when None), released by the kernel if this process dies."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
