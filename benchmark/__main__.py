@@ -5,7 +5,9 @@
     python -m benchmark experiment=smoke                             tune + finals of a named grid
 
 Every job the command line would launch is composed and checked first (benchmark.config.preflight):
-bad input stops here with one line, before anything trains.
+bad input stops here with one line, before anything trains. Hydra then launches the jobs; each task
+picks up its checked job by its overrides, so a job is checked once per process (a launcher that
+runs tasks in other processes, joblib or SLURM, checks them again there).
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from benchmark.config import CONFIG_DIR, check, preflight
+from benchmark.config import CONFIG_DIR, Job, check, preflight
 from benchmark.errors import UserError
+
+CHECKED: dict[tuple[str, ...], Job] = {}  # preflight's jobs, by their sorted overrides
 
 
 def fail(err: UserError) -> None:
@@ -40,10 +44,12 @@ def report_run(record: dict, cfg: DictConfig) -> None:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def task(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     from benchmark import runner, tuning
 
     try:
-        job = check(cfg)
+        job = CHECKED.get(tuple(sorted(HydraConfig.get().overrides.task))) or check(cfg)
         if not job.supported:
             print(f"skipped {runner.cell_name(cfg)}: {cfg.method.name} does not run on {cfg.arch.kind} architectures")
         elif cfg.mode == "tune":
@@ -59,7 +65,7 @@ def main() -> None:
     argv = sys.argv[1:]
     if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help", "--shell-completion") or a.startswith("--cfg") for a in argv):
         try:
-            preflight(argv)
+            CHECKED.update({tuple(sorted(job.overrides)): job for job in preflight(argv)})
         except UserError as err:
             fail(err)
     task()

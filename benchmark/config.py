@@ -13,6 +13,7 @@ Imports run one way: command line -> tuning -> runner -> config -> spec (pyproje
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -27,13 +28,13 @@ from benchmark import spec
 from benchmark.errors import UserError
 from benchmark.loop import TrainConfig
 from benchmark.meters import MeasureConfig
-from benchmark.settings import DatasetSettings, MethodSettings, SearchParam, TuningConfig, check_search_space
+from benchmark.settings import DatasetSettings, LearningCheck, MethodSettings, SearchParam, TuningConfig, check_search_space
 from benchmark.validate import check_fields
 
 CONFIG_DIR = Path(os.environ.get("BPFREE_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
 TOP_LEVEL = {
     "method", "arch", "dataset", "mode", "experiment_name", "seed", "device", "results_dir", "data", "train",
-    "measure", "tuning", "references", "skip_unsupported", "experiment",
+    "measure", "tuning", "skip_unsupported", "experiment",
 }
 
 
@@ -66,6 +67,7 @@ class Job:
     tuning: TuningConfig | None = None  # mode=tune only
     supported: bool = True
     batch_rule: BatchRule | None = None  # set when train.batch_size is None (the method's own)
+    overrides: tuple[str, ...] = ()  # the command-line overrides it was composed from (preflight)
 
 
 def build_method(job: Job, data, hp=None):
@@ -104,6 +106,7 @@ def check(cfg: DictConfig) -> Job:
     method_cls = spec.get(cfg.method.name)
     method_yaml = f"configs/method/{cfg.method.name}.yaml"
     settings = check_fields("method", MethodSettings, to_dict(cfg.method), method_yaml)
+    check_fields("method.test", LearningCheck, settings.test, method_yaml)
     hp = spec.check_hyperparameters(method_cls.Hyper, settings.hp, cfg.method.name)
     search_space = check_search_space(settings.search_space, method_cls.Hyper, cfg.method.name)
     resolve_native_arch(cfg)
@@ -215,13 +218,16 @@ def _one_line(err: Exception) -> UserError:
 
 
 def expand(argv: list[str]) -> list[list[str]]:
-    """The override lists of every job `argv` launches (one, unless -m or an experiment sweeps)."""
+    """The override lists of every job `argv` launches (one, unless -m or an experiment sweeps).
+    Sweeps (the command line's and an experiment's `hydra.sweeper.params`) are read with Hydra's
+    own override parser, so `a,b`, `range(...)` and `glob(*)` mean what they mean to Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parser = OverridesParser.create()
     multirun = any(a in ("-m", "--multirun") for a in argv)
     args = [a for a in argv if not a.startswith("-")]
     try:
-        parsed = OverridesParser.create().parse_overrides(args)
+        parsed = parser.parse_overrides(args)
     except Exception as err:
         raise _one_line(err) from None
     base = [o.input_line for o in parsed if not o.is_sweep_override()]
@@ -233,19 +239,35 @@ def expand(argv: list[str]) -> list[list[str]]:
         multirun = True
     axes = []
     if multirun:
-        experiment_params = full.hydra.sweeper.get("params") or {}
-        swept_keys = {o.get_key_element() for o in sweeps}
-        for key, values in experiment_params.items():
-            if key not in swept_keys and key not in {o.get_key_element() for o in parsed}:
-                axes.append([f"{key}={v.strip()}" for v in str(values).split(",")])
+        given = {o.get_key_element() for o in parsed}
+        for key, values in (full.hydra.sweeper.get("params") or {}).items():
+            if key not in given:
+                try:
+                    [experiment_sweep] = parser.parse_overrides([f"{key}={values}"])
+                except Exception as err:
+                    raise _one_line(err) from None
+                sweeps.append(experiment_sweep)
         for o in sweeps:
-            axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+            axes.append([f"{o.get_key_element()}={v}" for v in sweep_values(o)])
     return [base + list(combo) for combo in itertools.product(*axes)] if axes else [base]
+
+
+def sweep_values(override) -> list[str]:
+    """The values one override sweeps over; `glob(...)` is matched against the config group's files."""
+    from hydra.core.override_parser.types import Glob
+
+    value = override.value()
+    if isinstance(value, Glob):
+        options = sorted(p.stem for p in (CONFIG_DIR / override.get_key_element()).glob("*.yaml"))
+        return value.filter(options)
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
 
 
 def preflight(argv: list[str]) -> list[Job]:
     """Compose and check every job of `argv`. Raises UserError before anything trains."""
-    jobs = [check(compose(overrides)) for overrides in expand(argv)]
+    jobs = [dataclasses.replace(check(compose(overrides)), overrides=tuple(overrides)) for overrides in expand(argv)]
     if not any(job.supported for job in jobs):
         raise UserError("no job of this grid can run: every method x arch pair is unsupported", "fix the grid's arch list")
     return jobs

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from benchmark import archs, loop
 from benchmark.data import Splits, batches, load_splits
 from benchmark.meters import MeasureConfig, Meters
+from benchmark.perf_reference import reference_cafo_epoch, reference_ff_epoch
 
 ROWS: list[dict] = []
 DEVICE = torch.device("cpu")  # set by --device
@@ -104,24 +105,22 @@ def interleaved(candidates: dict, repeats: int) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------
 
 
-def method_from_config(name: str, arch: str, input_shape, device: torch.device | None = None):
+def method_from_config(name: str, arch: str, data: Splits, device: torch.device | None = None):
     """A method built exactly as `python -m benchmark method=<name> arch=<arch>` builds it."""
-    from benchmark import spec as methods
-    from benchmark.config import compose, to_dict
+    import dataclasses
+    import tempfile
 
-    cfg = compose([f"method={name}", f"arch={arch}"])
-    cls = methods.get(name)
-    hp = methods.check_hyperparameters(cls.Hyper, to_dict(cfg.method.hp), name)
+    from benchmark import config
+
+    job = config.check(config.compose([f"method={name}", f"arch={arch}", "dataset=digits", "measure.emissions=false",
+                                       f"results_dir={tempfile.gettempdir()}/bpfree-perf"]))
     torch.manual_seed(0)
-    return cls(to_dict(cfg.arch), input_shape, 10, hp, device or DEVICE)
+    return config.build_method(dataclasses.replace(job, device=device or DEVICE), data)
 
 
-def bp_method(input_shape):
-    from benchmark import spec
-
-    bp = spec.get("bp")
-    hp = bp.Hyper(optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.9, schedule="none")
-    return bp({"kind": "mlp", "widths": [1000, 1000]}, input_shape, 10, hp, DEVICE)
+def bp_method(data: Splits):
+    """BP on the 2x1000 MLP (arch mlp) at its defaults."""
+    return method_from_config("bp", "mlp", data)
 
 
 def harness_epoch(data: Splits, meters_on: bool):
@@ -130,7 +129,7 @@ def harness_epoch(data: Splits, meters_on: bool):
 
     def run():
         torch.manual_seed(0)
-        method = bp_method(data.input_shape)
+        method = bp_method(data)
         meters = Meters(measure, DEVICE)
         loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
         meters.summary(len(data.train_y), [])
@@ -222,7 +221,7 @@ def method_throughput(n_train: int, epochs: int = 1) -> None:
     data = on_device(data, DEVICE)
     for name in methods.names():
         cls = methods.get(name)
-        method = method_from_config(name, cls.supported_archs[0], data.input_shape)
+        method = method_from_config(name, cls.supported_archs[0], data)
         meters = Meters(MeasureConfig(energy="none", emissions=False), DEVICE)
         cfg = loop.TrainConfig(epochs=epochs * len(method.phases(1)), batch_size=128, eval_batch_size=2000,
                                patience=0, min_delta=0.0, restore_best=False)
@@ -235,114 +234,8 @@ def method_throughput(n_train: int, epochs: int = 1) -> None:
         emit("methods", f"{name}: fraction of matmul peak", flops / seconds / peak, "", note)
 
 
-# ------------------------------------------------------------------------------------------------
-# Minimal re-implementations of the references' training steps (for timing only)
-
-
-class LoeweXStyleFF(torch.utils.data.Dataset):
-    """loeweX/Forward-Forward's data path: each sample's positive, negative and neutral image built
-    in __getitem__ from an image, served through a DataLoader."""
-
-    def __init__(self, x, y):
-        self.x, self.y = x.flatten(1), y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        x, label = self.x[i], int(self.y[i])
-        pos, neg, neutral = x.clone(), x.clone(), x.clone()
-        pos[:10] = F.one_hot(torch.tensor(label), 10).float()
-        wrong = (label + 1 + torch.randint(0, 9, ()).item()) % 10
-        neg[:10] = F.one_hot(torch.tensor(wrong), 10).float()
-        neutral[:10] = 0.1
-        return pos, neg, neutral, label
-
-
-def rms_normalise(z: torch.Tensor) -> torch.Tensor:
-    """loeweX's normalisation between FF layers (written out here: the reference is independent
-    of methods/ff.py, whose speed it is compared with)."""
-    return z / (z.pow(2).mean(1, keepdim=True).sqrt() + 1e-8)
-
-
-def reference_ff_epoch(data: Splits, widths, epochs: int) -> tuple[float, float]:
-    torch.manual_seed(0)
-    layers = torch.nn.ModuleList(torch.nn.Linear(i, o) for i, o in zip([784] + widths[:-1], widths))
-    clf = torch.nn.Linear(sum(widths[1:]), 10, bias=False)
-    opt = torch.optim.AdamW([*layers.parameters(), *clf.parameters()], lr=1e-3, weight_decay=3e-4)
-    loader = torch.utils.data.DataLoader(LoeweXStyleFF(data.train_x, data.train_y), batch_size=128, shuffle=True)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        for pos, neg, neutral, y in loader:
-            z = rms_normalise(torch.cat([pos, neg]))
-            loss = 0
-            for layer in layers:
-                a = F.relu(layer(z))
-                g = a.pow(2).sum(1)
-                target = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
-                loss = loss + F.binary_cross_entropy_with_logits(g - a.shape[1], target)
-                z = rms_normalise(a.detach())
-            with torch.no_grad():
-                h, feats = rms_normalise(neutral), []
-                for i, layer in enumerate(layers):
-                    h = rms_normalise(F.relu(layer(h)))
-                    if i >= 1:
-                        feats.append(h)
-            loss = loss + F.cross_entropy(clf(torch.cat(feats, 1)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    seconds = time.perf_counter() - t0
-    # loeweX's evaluation: one pass per candidate label (ten passes), goodness of layers >= 1.
-    with torch.no_grad():
-        x = data.val_x.flatten(1)
-        scores = []
-        for label in range(10):
-            z = x.clone()
-            z[:, :10] = F.one_hot(torch.full((len(x),), label), 10).float()
-            z, g = rms_normalise(z), 0
-            for i, layer in enumerate(layers):
-                a = F.relu(layer(z))
-                if i >= 1:
-                    g = g + a.pow(2).sum(1)
-                z = rms_normalise(a)
-            scores.append(g)
-        acc = (torch.stack(scores, 1).argmax(1) == data.val_y).float().mean().item()
-    return seconds / epochs, acc
-
-
-def reference_cafo_epoch(data: Splits, epochs: int) -> tuple[float, float]:
-    torch.manual_seed(0)
-    net = archs.cnn((1, 28, 28), [32, 128, 512])
-    net.blocks.eval()
-    for p in net.blocks.parameters():
-        p.requires_grad_(False)
-    predictors = [torch.nn.Linear(net.out_features(i), 10, bias=False) for i in range(3)]
-    opts = [torch.optim.Adam(p.parameters(), lr=1e-3) for p in predictors]
-    order = torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        for idx in batches(len(data.train_y), 128, order, torch.device("cpu")):
-            h = data.train_x[idx]
-            for block, predictor, opt in zip(net.blocks, predictors, opts):
-                with torch.no_grad():
-                    h = block(h)  # frozen blocks forwarded again for every batch
-                loss = F.cross_entropy(predictor(h.flatten(1)), data.train_y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        h, probs = data.val_x, 0
-        for block, predictor in zip(net.blocks, predictors):
-            h = block(h)
-            probs = probs + F.softmax(predictor(h.flatten(1)), 1)
-        acc = (probs.argmax(1) == data.val_y).float().mean().item()
-    return seconds / epochs, acc
-
-
 def ours_epoch(name: str, arch: str, data: Splits, epochs: int) -> tuple[float, float]:
-    method = method_from_config(name, arch, data.input_shape, torch.device("cpu"))
+    method = method_from_config(name, arch, data, torch.device("cpu"))
     meters = Meters(MeasureConfig(energy="none", emissions=False, flops=False), torch.device("cpu"))
     cfg = loop.TrainConfig(epochs=epochs, batch_size=128, eval_batch_size=2000, patience=0, min_delta=0.0, restore_best=False)
     out = loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
@@ -394,7 +287,7 @@ def section_options(n_train: int, repeats: int) -> None:
             options["channels_last"] = {"channels_last": True}
         candidates, first_epoch = {}, {}
         for label, option in options.items():
-            run = options_epoch(method_from_config(name, arch, data.input_shape), data, **option)
+            run = options_epoch(method_from_config(name, arch, data), data, **option)
             try:
                 first_epoch[label] = timed(run)  # warm-up: for compile, this is where compiling happens
             except Exception as err:  # noqa: BLE001 - e.g. no C compiler for inductor: say so, go on

@@ -38,7 +38,6 @@ import pandas as pd
 from benchmark.errors import UserError
 
 SCHEMA_VERSION = 1
-STATUSES = ("completed", "diverged", "pruned", "failed")
 
 
 def runs_file(results_dir: str | os.PathLike, experiment: str) -> Path:

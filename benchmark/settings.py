@@ -24,11 +24,15 @@ class DatasetSettings:
 
 
 @dataclass
-class TestBudget:
+class LearningCheck:
     """The run a method's learning test makes on digits (tests/test_methods.py) and what it must reach."""
 
     floor: float = field(default=0.80, metadata={"gt": 0, "le": 1})  # test accuracy, 0..1
     epochs: int | None = field(default=None, metadata={"ge": 1})  # None: the root budget
+    # Options and archs besides the defaults, each a learning check of its own:
+    # {name, overrides: [key=value, ...], floor}. Read from the method's own YAML file only, so a
+    # method composed from another (cafo_dfa from cafo_rand) does not inherit its variants.
+    variants: list | None = field(default=None, metadata={})
 
 
 @dataclass

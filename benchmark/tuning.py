@@ -232,7 +232,6 @@ def epoch_callback(trial: optuna.Trial, t: TuningConfig):
 
 
 def run_trial(job: Job, study: optuna.Study, trial: optuna.Trial, spec: str) -> dict:
-    cfg = job.cfg
     hp = replace(job.hp, **suggest(trial, job.search_space))
     info = {"study": study.study_name, "number": trial.number, "storage": spec}
     try:

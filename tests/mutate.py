@@ -144,11 +144,11 @@ DEFECTS = [
     Defect("record_drops_seed", "records", "benchmark/runner.py",
            '        "seed": seed,', '        "seed": cfg.seed,',
            "records the config seed instead of the run's"),
-    Defect("ci_normal_quantile", "statistics", "benchmark/report.py",
+    Defect("ci_normal_quantile", "statistics", "benchmark/report/numbers.py",
            "half = stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)",
            "half = 1.96 * v.std(ddof=1) / math.sqrt(n)",
            "95 % CI with the normal quantile instead of Student's t"),
-    Defect("welch_as_student", "statistics", "benchmark/report.py",
+    Defect("welch_as_student", "statistics", "benchmark/report/numbers.py",
            "stats.ttest_ind(a, b, equal_var=False)", "stats.ttest_ind(a, b, equal_var=True)",
            "Student's pooled t-test in place of Welch's"),
 ]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmark import spec as methods
-from benchmark import audit, runner
+from benchmark import audit, config, runner
 from methods.ff import ForwardForward
 from tests.conftest import compose
 
@@ -18,7 +18,7 @@ def build(name: str, arch: str | None = None):
     job = compose(f"method={name}", arch, "dataset=digits", "measure.emissions=false")
     data = runner.load_data(job)
     torch.manual_seed(0)
-    return cls(dict(job.cfg.arch), data.input_shape, data.num_classes, job.hp, job.device), data
+    return config.build_method(job, data), data
 
 
 @pytest.mark.parametrize("name", methods.names())

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmark import data as data_mod
-from benchmark import loop, runner
+from benchmark import config, loop, runner
 from benchmark.meters import MeasureConfig, Meters
 from tests.conftest import compose
 
@@ -51,7 +51,7 @@ def update_of_lower_layers(name: str, perturb: bool):
                   *(["method.hp.optimizer=sgd", "method.hp.momentum=0", "method.hp.lr=0.1"] if name != "pepita" else ["method.hp.momentum=0"]))
     data = runner.load_data(job)
     torch.manual_seed(0)
-    method = job.method_cls(dict(job.cfg.arch), data.input_shape, data.num_classes, job.hp, job.device)
+    method = config.build_method(job, data)
     x, y = data.train_x[:16], data.train_y[:16]
     head_weight = head_layer(method).weight
     lower = [p for p in method.modules.parameters() if all(p is not q for q in head_layer(method).parameters())]
@@ -103,7 +103,7 @@ def test_test_accuracy_is_computed_on_the_test_split(monkeypatch, job_factory):
     monkeypatch.setitem(data_mod.LOADERS, "probe", probe_dataset)
     splits = data_mod.load_splits("probe", "/unused", False, 40, 0, torch.device("cpu"))
     job = job_factory("method=bp", "arch=mlp", "dataset=digits")
-    method = job.method_cls(dict(job.cfg.arch), splits.input_shape, 10, job.hp, job.device)
+    method = config.build_method(job, splits)
     method.predict = lambda x: torch.nn.functional.one_hot(torch.full((len(x),), 2), 10).float()
     cfg = dataclasses.replace(job.train, epochs=1, batch_size=32, patience=0)
     out = loop.train(method, splits, cfg, Meters(MeasureConfig(energy="none", emissions=False), job.device), seed=0)
@@ -134,7 +134,7 @@ def test_train_validation_and_test_never_overlap():
 # -- Statistics -----------------------------------------------------------------------------------
 
 def test_confidence_interval_uses_students_t():
-    from benchmark.report import mean_ci95
+    from benchmark.report.numbers import mean_ci95
 
     mean, half, n = mean_ci95([1.0, 2.0, 3.0])  # sd 1, n 3: t(0.975, 2) = 4.303 (tables)
     assert (mean, n) == (2.0, 3)
@@ -145,7 +145,7 @@ def test_confidence_interval_uses_students_t():
 
 
 def test_welch_test_matches_a_hand_computation():
-    from benchmark.report import welch
+    from benchmark.report.numbers import welch
 
     # a = 1..4, b = 2, 4, ..., 10: t = -2.2514, Welch-Satterthwaite df = 5.5208, p = 0.06913.
     assert welch([1, 2, 3, 4], [2, 4, 6, 8, 10]) == pytest.approx(0.069134, rel=1e-4)
@@ -161,7 +161,7 @@ def test_bp_predicts_the_classes_it_learned():
     job = compose("method=bp", "arch=mlp", "arch.widths=[64]", "dataset=digits", "measure.emissions=false")
     data = runner.load_data(job)
     torch.manual_seed(0)
-    method = job.method_cls(dict(job.cfg.arch), data.input_shape, data.num_classes, job.hp, job.device)
+    method = config.build_method(job, data)
     x, y = data.train_x[:64], data.train_y[:64]
     for _ in range(60):
         method.train_step(x, y, torch.arange(64))

@@ -18,8 +18,19 @@ def test_experiment_pairs_every_method_with_bp_on_the_same_arch(experiment, tmp_
         assert ("bp", arch, dataset) in cells, f"{experiment}: {method} on {arch}/{dataset} has no BP twin"
     budgets = {(j.cfg.tuning.n_trials, j.cfg.tuning.max_epochs, j.cfg.tuning.n_seeds) for j in jobs}
     assert len(budgets) == 1, "every method of an experiment gets the same budget"
-    for ref in jobs[0].cfg.references:
-        assert (ref.method, ref.arch, ref.dataset) in cells, f"reference for a cell the grid does not run: {ref}"
+
+
+def test_every_published_figure_names_a_cell_the_harness_can_run(tmp_path):
+    """configs/published.yaml is the one place for published figures: each names an existing
+    method, arch and dataset that run together, with accuracy as a fraction like every record."""
+    from benchmark.report import published_figures
+
+    figures = published_figures()
+    assert figures
+    for f in figures:
+        assert 0 < f["test_accuracy"] <= 1 and 0 <= f["tolerance"] < 0.2, f
+        config.check(config.compose([f"method={f['method']}", f"arch={f['arch']}", f"dataset={f['dataset']}",
+                                     f"results_dir={tmp_path}", "data.download=true"]))
 
 
 @pytest.mark.parametrize("arch", sorted(p.stem for p in (config.CONFIG_DIR / "arch").glob("*.yaml")))
@@ -36,3 +47,25 @@ def test_smoke_benchmark_covers_every_registered_method(tmp_path):
 
     jobs = [j for j in config.preflight(["experiment=smoke", f"results_dir={tmp_path}"]) if j.supported]
     assert {j.cfg.method.name for j in jobs} == set(methods.names())
+
+
+def test_a_run_is_composed_and_checked_once(tmp_path):
+    """`python -m benchmark ...`: preflight checks the job, and the Hydra task reuses that check."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import benchmark.config as c\n"
+        "calls = []\n"
+        "real = c.check\n"
+        "c.check = lambda cfg: calls.append(1) or real(cfg)\n"
+        "import benchmark.__main__ as m\n"
+        f"sys.argv = ['bpfree-bench', 'method=bp', 'arch=mlp', 'arch.widths=[32]', 'dataset=digits', 'train.epochs=1',\n"
+        f"            'measure.emissions=false', 'measure.flops=false', 'results_dir={tmp_path}']\n"
+        "m.main()\n"
+        "print('CHECKS', len(calls))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=config.CONFIG_DIR.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "CHECKS 1" in out.stdout, out.stdout[-1000:]

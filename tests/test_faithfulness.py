@@ -16,7 +16,7 @@ def build(*overrides: str):
     job = compose("dataset=digits", "measure.emissions=false", *overrides)
     data = runner.load_data(job)
     torch.manual_seed(0)
-    method = job.method_cls(dict(job.cfg.arch), data.input_shape, data.num_classes, job.hp, job.device)
+    method = config.build_method(job, data)
     return method, data
 
 
@@ -77,8 +77,8 @@ def _step_flops(method, data):
 
 
 def test_ff_trains_its_readout_only_when_it_predicts_with_it():
-    goodness, data = build("method=ff", "arch=mlp_2x1000", "method.hp.predict=goodness")
-    linear, _ = build("method=ff", "arch=mlp_2x1000", "method.hp.predict=linear")
+    goodness, data = build("method=ff", "arch=mlp", "method.hp.predict=goodness")
+    linear, _ = build("method=ff", "arch=mlp", "method.hp.predict=linear")
     goodness_flops, linear_flops = _step_flops(goodness, data), _step_flops(linear, data)
     assert torch.count_nonzero(goodness.modules["classifier"].weight) == 0  # untouched (starts at zero)
     assert torch.count_nonzero(linear.modules["classifier"].weight) > 0
@@ -91,7 +91,7 @@ def test_ff_learning_rate_cooldown_is_loewex_linear_decay():
     assert [cooldown_factor(s, 100) for s in (0, 25, 50)] == [1.0, 1.0, 1.0]
     assert cooldown_factor(75, 100) == pytest.approx(0.5)
     assert cooldown_factor(100, 100) == pytest.approx(0.0)
-    ff, data = build("method=ff", "arch=mlp_2x1000")
+    ff, data = build("method=ff", "arch=mlp")
     assert ff.hp.lr_cooldown  # on by default, as the reference
     ff.start_phase(ff.phases(1)[0], data.train_x, data.train_y, total_steps=4)
     for _ in range(4):
@@ -100,7 +100,7 @@ def test_ff_learning_rate_cooldown_is_loewex_linear_decay():
 
 
 def test_ff_negatives_never_carry_the_true_label():
-    ff, _ = build("method=ff", "arch=mlp_2x1000")
+    ff, _ = build("method=ff", "arch=mlp")
     y = torch.arange(10).repeat(100)
     assert not torch.any(ff.wrong_labels(y) == y)
 
@@ -108,7 +108,7 @@ def test_ff_negatives_never_carry_the_true_label():
 def test_ff_loss_pushes_positives_up_and_negatives_down():
     """The local loss is small when the first n_pos rows (positives) have high goodness and the
     rest low, and large the other way round: it knows which rows are which."""
-    ff, _ = build("method=ff", "arch=mlp_2x1000", "method.hp.peer_normalization=0")
+    ff, _ = build("method=ff", "arch=mlp", "method.hp.peer_normalization=0")
     high, low = torch.full((8, 1000), 2.0), torch.zeros(8, 1000)
     right = ff.layer_loss(0, torch.cat([high, low]), n_pos=8)
     wrong = ff.layer_loss(0, torch.cat([low, high]), n_pos=8)

@@ -1,50 +1,49 @@
 """Each method learns on scikit-learn's digits well above chance (10%) within seconds.
 
-Every registered method is run at its YAML defaults (a new method is covered by adding it); the
-variants check options and archs other than the defaults. These are learning checks, not
-comparisons.
+Every registered method is run at its YAML defaults, and every variant its YAML lists under
+`test.variants` (options and archs besides the defaults): a new method is covered by its module
+and its YAML alone. These are learning checks, not comparisons.
 """
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 
-from benchmark import runner
-
+from benchmark import config, runner
 from benchmark import spec as methods
+from benchmark.settings import LearningCheck
+
+
+def learning_check(name: str) -> LearningCheck:
+    """The `test:` block of the method's own YAML file (not inherited through its defaults)."""
+    raw = OmegaConf.load(config.CONFIG_DIR / "method" / f"{name}.yaml")
+    return LearningCheck(**OmegaConf.to_container(raw.get("test") or OmegaConf.create({}), resolve=True))
+
+
+def variants() -> list[tuple[str, dict]]:
+    return [(name, v) for name in methods.names() for v in (learning_check(name).variants or [])]
 
 
 @pytest.mark.parametrize("name", methods.names())
 def test_method_learns_digits_out_of_the_box(name, job_factory):
     """What a new user gets: `python -m benchmark method=<m> dataset=digits`, the YAML defaults, the
-    native arch, the root budget (20 epochs, patience 5), the method's own batch size. Each reaches
-    its YAML's `digits_floor` (0.80 unless the method's docstring says why not)."""
-    job = job_factory(f"method={name}", "dataset=digits")
-    floor = job.cfg.method.get("digits_floor", 0.80)
+    native arch, the root budget (20 epochs, patience 5, unless its YAML's test.epochs says), the
+    method's own batch size. Each reaches its YAML's `test.floor` (0.80 unless the method's
+    docstring says why not)."""
+    budget = learning_check(name)
+    epochs = [f"train.epochs={budget.epochs}"] if budget.epochs else []
+    job = job_factory(f"method={name}", "dataset=digits", *epochs)
     record = runner.execute(job)
     assert record["status"] == "completed", record["error"]
-    assert record["metrics"]["test_accuracy"] >= floor, (name, record["metrics"]["test_accuracy"])
+    assert record["metrics"]["test_accuracy"] >= budget.floor, (name, record["metrics"]["test_accuracy"])
 
 
-VARIANTS = {
-    # options and other archs than the defaults: (overrides, minimum test accuracy), seen in comments
-    "ff_linear": (["method=ff", "arch=mlp", "train.epochs=15", "method.hp.predict=linear"], 0.60),  # ~0.82
-    "mf_greedy": (["method=mf", "arch=mlp", "train.epochs=16", "method.hp.schedule=greedy"], 0.80),
-    "cafo_rand_mse": (["method=cafo_rand", "arch=cnn", "method.hp.loss=mse", "method.hp.ridge=10.0"], 0.80),
-    "cafo_rand_sparsemax": (["method=cafo_rand", "arch=cnn", "train.epochs=15", "method.hp.loss=sparsemax"], 0.80),
-    "fa_cnn": (["method=fa", "arch=cnn", "train.epochs=10"], 0.75),  # ~0.89
-    "dfa_cnn": (["method=dfa", "arch=cnn", "train.epochs=10"], 0.75),  # ~0.88
-    "local_mlp_two_modules": (["method=local", "arch=mlp_3x1000", "method.hp.modules=2", "train.epochs=10"], 0.80),
-    "ccl_cnn": (["method=ccl", "arch=cnn", "train.epochs=10"], 0.75),  # ~0.91
-}
-
-
-@pytest.mark.parametrize("case", sorted(VARIANTS))
-def test_method_variant_learns_digits(case, job_factory):
-    overrides, minimum = VARIANTS[case]
-    job = job_factory("dataset=digits", "train.patience=0", *overrides)
+@pytest.mark.parametrize("name, variant", variants(), ids=lambda v: v["name"] if isinstance(v, dict) else v)
+def test_method_variant_learns_digits(name, variant, job_factory):
+    job = job_factory(f"method={name}", "dataset=digits", "train.patience=0", *variant["overrides"])
     record = runner.execute(job)
     assert record["status"] == "completed", record["error"]
-    assert record["metrics"]["test_accuracy"] >= minimum, record["metrics"]["test_accuracy"]
+    assert record["metrics"]["test_accuracy"] >= variant["floor"], record["metrics"]["test_accuracy"]
 
 
 def test_feedback_alignment_with_b_equal_to_w_is_backprop(job_factory):
@@ -59,7 +58,7 @@ def test_feedback_alignment_with_b_equal_to_w_is_backprop(job_factory):
                       "method.hp.lr=0.1", "method.hp.momentum=0")
     data = runner.load_data(job)
     loop.seed_everything(0)
-    fa = job.method_cls(dict(job.cfg.arch), data.input_shape, data.num_classes, job.hp, job.device)
+    fa = config.build_method(job, data)
     layers = [fa_layer for fa_layer in fa.modules.modules() if isinstance(fa_layer, (torch.nn.Linear, torch.nn.Conv2d))]
     fa.feedback = [layer.weight.detach().clone() for layer in layers[1:]]
     before = {n: p.detach().clone() for n, p in fa.modules.named_parameters()}

@@ -18,12 +18,13 @@ def rendered(tmp_path_factory):
     results_dir = tmp_path_factory.mktemp("results")
     for method, arch in (("bp", "mlp"), ("mf", "mlp")):
         job = compose(f"method={method}", f"arch={arch}", "arch.widths=[128]", "dataset=digits", "train.epochs=4",
-                      f"results_dir={results_dir}", "experiment_name=report_test", "measure.emissions=true",
-                      "references=[{dataset: digits, arch: mlp, method: mf, test_accuracy: 90.0, tolerance_pp: 5.0, source: made up for the test}]")
+                      f"results_dir={results_dir}", "experiment_name=report_test", "measure.emissions=true")
         for seed in (1, 2, 3):
             runner.execute(job, kind="final", seed=seed)
     out = tmp_path_factory.mktemp("report")
-    report.build(results_dir / "report_test", out)
+    made_up = [{"dataset": "digits", "arch": "mlp", "method": "mf", "test_accuracy": 0.90, "tolerance": 0.05,
+                "source": "made up for the test"}]
+    report.build(results_dir / "report_test", out, references=made_up)
     return out
 
 

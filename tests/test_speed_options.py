@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import loop, runner
+from benchmark import config, loop, runner
 from benchmark.meters import MeasureConfig, Meters
 
 
@@ -12,7 +12,7 @@ def build(job_factory, *overrides):
     job = job_factory("dataset=digits", *overrides)
     data = runner.load_data(job)
     loop.seed_everything(0)
-    method = job.method_cls(dict(job.cfg.arch), data.input_shape, data.num_classes, job.hp, job.device)
+    method = config.build_method(job, data)
     return job, data, method
 
 

@@ -1,0 +1,175 @@
+"""Report figures: matplotlib plots of the numbers, saved as PNG and SVG and kept for embedding.
+
+Owns every plot (accuracy vs energy with its Pareto front, learning curves, costs, cost to target,
+performance profiles, Optuna's own plots) and `Figures`, which writes them beside the report.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.report.numbers import METRICS, Row, pareto_front, performance_profile
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+class Figures:
+    """Saves each figure as PNG and SVG beside the report and keeps the PNG for embedding."""
+
+    def __init__(self, out: Path):
+        self.out, self.items = out, []
+
+    def add(self, fig, name: str, caption: str) -> None:
+        plt = _plt()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(self.out / f"{name}.svg", bbox_inches="tight")
+        (self.out / f"{name}.png").write_bytes(buf.getvalue())
+        plt.close(fig)
+        self.items.append({"name": name, "caption": caption, "data": base64.b64encode(buf.getvalue()).decode()})
+
+
+def plot_accuracy_vs_energy(rows: list[Row], figs: Figures) -> None:
+    plt = _plt()
+    for dataset in sorted({r.dataset for r in rows}):
+        pts = [(r.values["energy_train"][0], r.acc, f"{r.method}/{r.arch}", r.values["energy_train"][1])
+               for r in rows if r.dataset == dataset and "energy_train" in r.values and not math.isnan(r.acc)]
+        if not pts:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for e, a, label, est in pts:
+            ax.scatter(e, a * 100, marker="^" if est else "o")
+            ax.annotate(label, (e, a * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = pareto_front([(p[0], p[1]) for p in pts])
+        ax.plot([f[0] for f in front], [f[1] * 100 for f in front], "k--", lw=1, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel("training energy (J, log scale; triangles: estimated)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Accuracy vs energy: {dataset}")
+        ax.legend(fontsize=7)
+        figs.add(fig, f"acc_vs_energy_{dataset}", f"Test accuracy vs training energy on {dataset}, with the Pareto front.")
+
+
+def plot_learning_curves(runs: list[dict], figs: Figures) -> None:
+    plt = _plt()
+    for dataset in sorted({r["dataset"] for r in runs}):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (method, arch) in sorted({(r["method"], r["arch"]) for r in runs if r["dataset"] == dataset}):
+            curves = [[h["val_accuracy"] for h in r["metrics"].get("history", []) if h.get("val_accuracy") is not None]
+                      for r in runs if r["dataset"] == dataset and r["method"] == method and r["arch"] == arch]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            mean = np.mean([c[:length] for c in curves], axis=0) * 100
+            ax.plot(range(1, length + 1), mean, marker=".", label=f"{method}/{arch}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy (%), mean over seeds")
+        ax.set_title(f"Learning curves: {dataset}")
+        ax.legend(fontsize=7)
+        figs.add(fig, f"learning_curves_{dataset}", f"Validation accuracy per epoch on {dataset} (final runs, mean over seeds).")
+
+
+def plot_costs(rows: list[Row], figs: Figures) -> None:
+    plt = _plt()
+    keys = [m for m in METRICS if m[0] in ("energy_train", "time_train", "peak_memory", "activation_memory")]
+    labels = [f"{r.method}/{r.arch}/{r.dataset}" for r in rows]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), max(3.0, 0.35 * len(labels) + 1)))
+    for ax, (key, label, unit, _) in zip(np.atleast_1d(axes), keys):
+        vals = [r.values.get(key, (np.nan,))[0] for r in rows]
+        ax.barh(labels, vals)
+        ax.set_xlabel(f"{label} ({unit})")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    figs.add(fig, "costs", "Energy, training time, peak memory and activation memory (held for backward in one step) per method (mean over final seeds).")
+
+
+def plot_cost_to_target(costs: pd.DataFrame, figs: Figures) -> None:
+    if costs.empty:
+        return
+    plt = _plt()
+    labels = [f"{r.method}/{r.arch}/{r.dataset}" for r in costs.itertuples()]
+    fig, axes = plt.subplots(1, 2, figsize=(9, max(3.0, 0.35 * len(labels) + 1)))
+    for ax, (col, label) in zip(axes, (("time_s", "training time to target (s)"), ("energy_j", "energy to target (J)"))):
+        vals = costs[col].replace(np.inf, np.nan)
+        ax.barh(labels, vals)
+        for i, v in enumerate(costs[col]):
+            if np.isinf(v):
+                ax.text(0, i, " never reached", va="center", fontsize=7, color="crimson")
+            elif np.isnan(v):
+                ax.text(0, i, " not measured per epoch", va="center", fontsize=7, color="grey")
+        ax.set_xlabel(label)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    figs.add(fig, "cost_to_target", "Time and energy to reach the target accuracy (median over seeds).")
+
+
+def plot_profiles(costs: pd.DataFrame, figs: Figures) -> None:
+    plt = _plt()
+    taus = np.linspace(1, 4, 61)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, (col, what) in zip(axes, (("time_s", "time"), ("energy_j", "energy"))):
+        profiles = performance_profile(costs, col, taus)
+        for method, rho in profiles.items():
+            ax.step(taus, rho, where="post", label=method)
+        if not profiles:
+            ax.text(2.5, 0.5, f"no per-epoch {what} measurement", ha="center", fontsize=8, color="grey")
+        ax.set_xlabel("tau (cost / best method's cost)")
+        ax.set_ylabel(f"fraction of workloads ({what} to target)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    figs.add(fig, "performance_profiles", "Performance profiles (AlgoPerf style): time- and energy-to-target.")
+
+
+def plot_optuna(storage: str | None, studies: list[str], figs: Figures) -> list[str]:
+    """History and parameter importances per study; notes where they could not be drawn."""
+    notes = []
+    if not storage:
+        return notes
+    import optuna
+
+    plt = _plt()
+    for name in studies:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except Exception as err:  # noqa: BLE001
+            notes.append(f"{name}: study not readable ({type(err).__name__})")
+            continue
+        trials = study.trials
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        for state, colour in (("COMPLETE", "tab:blue"), ("PRUNED", "tab:orange"), ("FAIL", "tab:red")):
+            pts = [(t.number, (t.value if t.value is not None else (max(t.intermediate_values.values()) if t.intermediate_values else 0)) * 100)
+                   for t in trials if t.state.name == state]
+            if pts:
+                axes[0].scatter(*zip(*pts), label=state.lower(), color=colour)
+        axes[0].set_xlabel("trial")
+        axes[0].set_ylabel("val accuracy (%)")
+        axes[0].set_title(name, fontsize=8)
+        axes[0].legend(fontsize=7)
+        try:
+            importances = optuna.importance.get_param_importances(study)
+            axes[1].barh(list(importances), list(importances.values()))
+            axes[1].set_xlabel("importance (fANOVA)")
+        except Exception as err:  # noqa: BLE001 - too few complete trials, a single parameter
+            axes[1].text(0.5, 0.5, f"importances unavailable:\n{str(err)[:60]}", ha="center", va="center", fontsize=7)
+            axes[1].set_axis_off()
+        fig.tight_layout()
+        figs.add(fig, f"optuna_{name}", f"Optuna history and parameter importances: {name}.")
+    return notes
+
+
+# ------------------------------------------------------------------------------------------------
+# Reproduction and provenance

@@ -1,0 +1,284 @@
+"""Report numbers: pure functions from run records to statistics and tables (no matplotlib, no HTML).
+
+Owns: the confidence interval (Student t over the final seeds), Welch's test against BP, the
+summary rows per dataset x arch x method, time/energy to target and performance profiles, the
+reproduction verdicts, provenance, and the formatted tables the renderer prints.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+BASELINE = "bp"
+TARGET_FRACTION = 0.97
+
+
+def mean_ci95(values) -> tuple[float, float, int]:
+    """Mean, half-width of the 95% confidence interval (Student t), n."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(v[0]), math.nan, 1
+    half = stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    return float(v.mean()), float(half), n
+
+
+def welch(a, b) -> float:
+    """Two-sided p-value of Welch's t-test; nan where either side has fewer than 2 values."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    if a.std() == 0 and b.std() == 0:
+        return 0.0 if a.mean() != b.mean() else 1.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+
+
+def measurement(record: dict, key: str) -> tuple[float | None, bool, str | None, str | None]:
+    fig = (record.get("measurements") or {}).get(key)
+    if not fig or fig.get("value") is None:
+        return None, False, None, None
+    return fig["value"], bool(fig.get("estimated")), fig.get("source"), fig.get("unit")
+
+
+def final_runs(records: list[dict]) -> list[dict]:
+    """The runs reports are about: finals where the experiment was tuned, else single runs."""
+    finals = [r for r in records if r.get("kind") == "final"]
+    return finals or [r for r in records if r.get("kind") == "run"]
+
+
+METRICS = [  # key, label, unit, scale
+    ("energy_train", "Energy (train)", "J", 1.0),
+    ("time_train", "Training time", "s", 1.0),
+    ("peak_memory", "Peak memory", "MiB", 1 / 2**20),
+    ("activation_memory", "Activation memory", "MiB", 1 / 2**20),
+    ("flops_train", "FLOPs (train)", "GFLOP", 1e-9),
+    ("emissions", "Emissions", "g CO2eq", 1e3),
+]
+
+
+@dataclass
+class Row:
+    dataset: str
+    arch: str
+    method: str
+    n: int
+    acc: float
+    ci: float
+    values: dict  # key -> (mean, estimated, source)
+    seeds: list
+    accs: list
+
+
+def summarise(runs: list[dict]) -> list[Row]:
+    rows = []
+    frame = pd.DataFrame([{"dataset": r["dataset"], "arch": r["arch"], "method": r["method"], "r": r} for r in runs])
+    if frame.empty:
+        return rows
+    for (dataset, arch, method), group in frame.groupby(["dataset", "arch", "method"], sort=True):
+        recs = [r for r in group["r"] if r["status"] == "completed"]
+        accs = [r["metrics"]["test_accuracy"] for r in recs if r["metrics"].get("test_accuracy") is not None]
+        acc, ci, n = mean_ci95(accs)
+        values = {}
+        for key, _, _, scale in METRICS:
+            got = [measurement(r, key) for r in recs]
+            nums = [g[0] for g in got if g[0] is not None]
+            if nums:
+                values[key] = (float(np.mean(nums)) * scale, any(g[1] for g in got), next(g[2] for g in got if g[2]))
+        rows.append(Row(dataset, arch, method, n, acc, ci, values, [r["seed"] for r in recs], accs))
+    return rows
+
+
+def baseline_for(rows: list[Row], row: Row) -> Row | None:
+    return next((b for b in rows if b.method == BASELINE and b.dataset == row.dataset and b.arch == row.arch), None)
+
+
+def relative(value: float, base: float) -> str:
+    if base in (None, 0) or value is None or math.isnan(base):
+        return ""
+    return f"{(value / base - 1) * 100:+.0f}%"
+
+
+def significance_sentences(rows: list[Row]) -> list[dict]:
+    out = []
+    for row in rows:
+        base = baseline_for(rows, row)
+        if base is None or row.method == BASELINE:
+            continue
+        p = welch(row.accs, base.accs)
+        diff = (row.acc - base.acc) * 100
+        if math.isnan(p):
+            sentence = (f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp; too few seeds "
+                        f"(n={row.n} vs {base.n}) for Welch's t-test.")
+        elif p >= 0.05:
+            sentence = (f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp, p={p:.3f} (Welch's t-test, "
+                        f"n={row.n} vs {base.n}): the difference lies inside the seed noise; no claim either way.")
+        else:
+            sentence = (f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp, p={p:.3g} (Welch's t-test, "
+                        f"n={row.n} vs {base.n}): {'better' if diff > 0 else 'worse'} than BP beyond the seed noise at the 5% level.")
+        out.append({"dataset": row.dataset, "arch": row.arch, "method": row.method, "diff_pp": diff, "p_value": p,
+                    "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False)", "sentence": sentence})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Time / energy to target and performance profiles
+
+
+def to_target(run: dict, target: float) -> tuple[float, float]:
+    """Cumulative (training seconds, joules) at the first epoch whose val accuracy >= target."""
+    history = run["metrics"].get("history", [])
+    # Energy per epoch exists only with a hardware counter (NVML, RAPL); CodeCarbon's estimate is one
+    # figure per run, so energy-to-target is then unknown (nan), not "never reached" (inf).
+    metered = any(h.get("energy_j_cum") for h in history)
+    for h in history:
+        if h.get("val_accuracy") is not None and h["val_accuracy"] >= target:
+            return h.get("train_seconds_cum", math.inf), (h["energy_j_cum"] if metered else math.nan)
+    return math.inf, (math.inf if metered else math.nan)
+
+
+def targets_per_dataset(rows: list[Row], fraction: float) -> dict[str, float]:
+    best = {}
+    for r in rows:
+        if not math.isnan(r.acc):
+            best[r.dataset] = max(best.get(r.dataset, 0.0), r.acc)
+    return {d: fraction * acc for d, acc in best.items()}
+
+
+def cost_to_target(runs: list[dict], targets: dict) -> pd.DataFrame:
+    """Per (dataset, method): median over its finals of time and energy to the dataset's target."""
+    rows = []
+    frame = pd.DataFrame([{"dataset": r["dataset"], "method": r["method"], "arch": r["arch"], "r": r} for r in runs
+                          if r["status"] == "completed"])
+    if frame.empty:
+        return pd.DataFrame(columns=["dataset", "method", "arch", "target", "time_s", "energy_j"])
+    for (dataset, method, arch), group in frame.groupby(["dataset", "method", "arch"]):
+        costs = [to_target(r, targets[dataset]) for r in group["r"]]
+        rows.append({"dataset": dataset, "method": method, "arch": arch, "target": targets[dataset],
+                     "time_s": float(np.median([c[0] for c in costs])),
+                     "energy_j": float(np.median([c[1] for c in costs]))})
+    return pd.DataFrame(rows)
+
+
+def performance_profile(costs: pd.DataFrame, column: str, taus: np.ndarray) -> dict[str, np.ndarray]:
+    """rho_m(tau): fraction of workloads where method m's cost <= tau x the best method's."""
+    if costs.empty:
+        return {}
+    # A method may appear on several archs of one workload (BP): its best arch counts.
+    best_per = costs.groupby(["dataset", "method"])[column].min().unstack("method")
+    best = best_per.min(axis=1)
+    if best_per.isna().all().all():
+        return {}  # not measured (energy without a hardware counter)
+    profiles = {}
+    for method in best_per.columns:
+        ratio = best_per[method] / best
+        ratio = ratio.where(np.isfinite(best_per[method]), np.inf)
+        profiles[method] = np.array([(ratio <= tau).mean() for tau in taus])
+    return profiles
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated by another (less energy and more accuracy)."""
+    front, best_acc = [], -math.inf
+    for energy, acc in sorted(points):
+        if acc > best_acc:
+            front.append((energy, acc))
+            best_acc = acc
+    return front
+
+
+
+def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
+    """Each published figure beside our mean final test accuracy: difference in pp and a verdict
+    (reproduced when ours is at most `tolerance` below theirs). Accuracies are fractions (0..1)."""
+    out = []
+    for ref in references:
+        ours = next((r for r in rows if r.dataset == ref["dataset"] and r.arch == ref["arch"] and r.method == ref["method"]), None)
+        theirs, tol = ref["test_accuracy"], ref.get("tolerance", 0.01)
+        if ours is None or math.isnan(ours.acc):
+            out.append({**ref, "ours": None, "diff_pp": None, "verdict": "not run"})
+            continue
+        diff = ours.acc - theirs
+        out.append({**ref, "ours": ours.acc, "diff_pp": diff * 100, "verdict": "pass" if diff >= -tol else "fail"})
+    return out
+
+
+def provenance(records: list[dict], storage: str | None) -> dict:
+    envs = [r.get("environment", {}) for r in records]
+    first = envs[0] if envs else {}
+    fingerprints = {}
+    for r in records:
+        d = r.get("data") or {}
+        if d.get("name"):
+            fingerprints[d["name"]] = {"sha256": d.get("sha256"), "canonical": d.get("canonical"),
+                                       "basis": d.get("canonical_basis"), "split_seed": d.get("split_seed")}
+    budgets = {repr(r.get("budget")) for r in records if r.get("budget")}
+    return {
+        "hardware": sorted({f"{e.get('cpu_model')} / {e.get('device')} / {e.get('gpu_model') or 'no GPU'}" for e in envs}),
+        "packages": first.get("packages", {}),
+        "python": first.get("python"),
+        "git_sha": sorted({e.get("git_sha") or "unknown" for e in envs}),
+        "fingerprints": fingerprints,
+        "budget": sorted(budgets),
+        "seeds": sorted({r["seed"] for r in records if r.get("kind") == "final"}),
+        "dates": (min((r.get("started_at") for r in records), default=None), max((r.get("finished_at") for r in records), default=None)),
+        "storage": storage,
+        "dashboard": f"optuna-dashboard --host 127.0.0.1 {storage}" if storage else None,
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_records": len(records),
+    }
+
+
+def fmt(value, digits=2) -> str:
+    if value is None or (isinstance(value, float) and (math.isnan(value) or math.isinf(value))):
+        return "–"
+    if abs(value) >= 1e4 or (0 < abs(value) < 1e-2):
+        return f"{value:.3g}"
+    return f"{value:.{digits}f}"
+
+
+def summary_table(rows: list[Row]) -> pd.DataFrame:
+    table = []
+    for r in rows:
+        base = baseline_for(rows, r)
+        entry = {"dataset": r.dataset, "arch": r.arch, "method": r.method, "n": r.n,
+                 "test acc (%)": fmt(r.acc * 100), "95% CI (± pp)": fmt(r.ci * 100)}
+        for key, label, unit, _ in METRICS:
+            if key in r.values:
+                value, est, _src = r.values[key]
+                rel = relative(value, base.values.get(key, (None,))[0]) if base and r.method != BASELINE else ""
+                entry[f"{label} ({unit})"] = fmt(value) + ("†" if est else "") + (f" ({rel} vs BP)" if rel else "")
+            else:
+                entry[f"{label} ({unit})"] = "–"
+        table.append(entry)
+    return pd.DataFrame(table)
+
+
+def sources_table(runs: list[dict]) -> pd.DataFrame:
+    seen = {}
+    for r in runs:
+        for key, fig in (r.get("measurements") or {}).items():
+            seen.setdefault((key, fig.get("source"), fig.get("unit"), bool(fig.get("estimated"))), 0)
+            seen[(key, fig.get("source"), fig.get("unit"), bool(fig.get("estimated")))] += 1
+    return pd.DataFrame([{"figure": k[0], "source": k[1], "unit": k[2], "estimated": "yes" if k[3] else "no (measured)", "runs": n}
+                         for k, n in sorted(seen.items(), key=lambda kv: kv[0][0])])
+
+
+def failures_table(records: list[dict]) -> pd.DataFrame:
+    bad = [r for r in records if r.get("status") in ("failed", "diverged")]
+    return pd.DataFrame([{"kind": r.get("kind"), "cell": r.get("cell"), "seed": r.get("seed"),
+                          "trial": (r.get("trial") or {}).get("number"), "status": r["status"], "reason": r.get("error")}
+                         for r in bad])

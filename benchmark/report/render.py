@@ -1,0 +1,103 @@
+"""Report rendering: the self-contained HTML page (figures embedded) and its PDF (WeasyPrint).
+
+Owns the page's layout and style, the tables' HTML, and each method's notes (its module docstring:
+the algorithm and its differences from the paper).
+"""
+from __future__ import annotations
+
+import html
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+def method_notes(methods_seen: list[str]) -> list[dict]:
+    """Each method's docstring (its algorithm and its differences from the paper)."""
+    from benchmark import spec as registry
+
+    notes = []
+    for name in methods_seen:
+        try:
+            cls = registry.get(name)
+        except Exception:  # noqa: BLE001 - a method removed since the runs
+            continue
+        doc = sys.modules[cls.__module__].__doc__ or ""
+        notes.append({"method": name, "locality": cls.locality.kind, "doc": doc.strip()})
+    return notes
+
+
+CSS = """
+body { font-family: 'DejaVu Sans', Arial, sans-serif; font-size: 10pt; margin: 1.5em; color: #222; }
+h1 { font-size: 17pt; } h2 { font-size: 13pt; border-bottom: 1px solid #ccc; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 8pt; }
+th, td { border: 1px solid #bbb; padding: 2px 5px; text-align: left; vertical-align: top; }
+th { background: #eee; }
+img { max-width: 100%; }
+figure { margin: 0.8em 0; page-break-inside: avoid; }
+figcaption { font-size: 8pt; color: #555; }
+pre { white-space: pre-wrap; font-size: 7.5pt; background: #f7f7f7; padding: 0.5em; }
+.note { color: #555; font-size: 8.5pt; }
+@page { size: A4; margin: 12mm; }
+"""
+
+
+def table_html(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "<p class='note'>(none)</p>"
+    return frame.to_html(index=False, escape=True, border=0, na_rep="–")
+
+
+def render_html(ctx: dict) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>bpfree-bench: {e(ctx['experiment'])}</title>"
+             f"<style>{CSS}</style></head><body>"]
+    parts.append(f"<h1>bpfree-bench report: {e(ctx['experiment'])}</h1>")
+    parts.append(f"<p class='note'>{ctx['n_final']} final runs, {ctx['n_trials']} tuning trials, "
+                 f"{ctx['n_failed']} failed or diverged runs. Generated {e(ctx['provenance']['generated'])}.</p>")
+    parts.append("<h2>Summary</h2><p class='note'>Test accuracy: mean over the final seeds with the half-width of its 95% "
+                 "confidence interval (Student t). Costs: mean over the same runs; relative figures compare with BP on the "
+                 "same dataset and architecture. † marks an estimate (see Sources).</p>")
+    parts.append(table_html(ctx["summary"]))
+    parts.append("<h2>Significance against BP</h2><p class='note'>Test: Welch's t-test (scipy.stats.ttest_ind, "
+                 "equal_var=False) on the final seeds' test accuracies, two-sided, 5% level.</p><ul>")
+    parts += [f"<li>{e(s['sentence'])}</li>" for s in ctx["significance"]] or ["<li>No method shares a cell with BP.</li>"]
+    parts.append("</ul>")
+    parts.append(f"<h2>Across workloads: performance profiles</h2><p class='note'>Target per dataset: "
+                 f"{ctx['target_fraction']:.2f} x the best method's mean final test accuracy, checked against validation "
+                 f"accuracy after each epoch. Targets: {e(', '.join(f'{k}: {v * 100:.2f}%' for k, v in ctx['targets'].items()))}.</p>")
+    parts.append(table_html(ctx["costs_table"]))
+    if ctx["reproduction"]:
+        parts.append("<h2>Reproduction of published figures</h2>")
+        parts.append(table_html(pd.DataFrame(ctx["reproduction"])))
+    parts.append("<h2>Figures</h2>")
+    for fig in ctx["figures"]:
+        parts.append(f"<figure><img alt='{e(fig['caption'])}' src='data:image/png;base64,{fig['data']}'>"
+                     f"<figcaption>{e(fig['caption'])}</figcaption></figure>")
+    parts += [f"<p class='note'>{e(n)}</p>" for n in ctx["optuna_notes"]]
+    parts.append("<h2>Failures</h2>")
+    parts.append(table_html(ctx["failures"]))
+    parts.append("<h2>Sources of every figure</h2>")
+    parts.append(table_html(ctx["sources"]))
+    parts.append("<h2>Methods: algorithm and differences from the papers</h2>")
+    for note in ctx["method_notes"]:
+        parts.append(f"<h3>{e(note['method'])} (locality: {e(note['locality'])})</h3><pre>{e(note['doc'])}</pre>")
+    p = ctx["provenance"]
+    parts.append("<h2>Provenance</h2><table>")
+    for key in ("hardware", "python", "git_sha", "budget", "seeds", "dates", "storage", "dashboard", "n_records"):
+        parts.append(f"<tr><th>{e(key)}</th><td>{e(str(p[key]))}</td></tr>")
+    parts.append(f"<tr><th>packages</th><td>{e(', '.join(f'{k} {v}' for k, v in p['packages'].items()))}</td></tr>")
+    for name, fp in p["fingerprints"].items():
+        parts.append(f"<tr><th>data: {e(name)}</th><td>sha256 {e(str(fp['sha256']))}; canonical: {e(str(fp['canonical']))} "
+                     f"({e(str(fp['basis']))}); split seed {e(str(fp['split_seed']))}</td></tr>")
+    parts.append("</table></body></html>")
+    return "\n".join(parts)
+
+
+def write_pdf(page: str, out: Path) -> None:
+    import logging
+
+    from weasyprint import HTML
+
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+    HTML(string=page, base_url=str(out)).write_pdf(out / "report.pdf")
