@@ -231,3 +231,15 @@ def test_windows_add_up_time_and_flops_scale_with_samples(job_factory):
     assert flops[1] == 2 * flops[0] > 0
     # at least twice the forward FLOPs (forward + backward) of 64-32-10 for each of 1200 training images
     assert flops[0] >= 1200 * 2 * 2 * (64 * 32 + 32 * 10)
+
+
+def test_nvml_asked_for_on_a_cpu_run_is_refused_even_where_nvml_works(monkeypatch):
+    """On a machine with a working NVIDIA driver, measure.energy=nvml for a CPU run must still be
+    refused: NVML would measure the GPU, not the work. (A fake NVML that initialises stands in for
+    the driver this machine lacks.)"""
+    from benchmark import energy
+    from benchmark.errors import UserError
+
+    monkeypatch.setattr(energy, "import_pynvml", lambda: FakeNVML())
+    with pytest.raises(UserError, match="this run is on cpu"):
+        energy.check_energy_request(MeasureConfig(energy="nvml", emissions=False), torch.device("cpu"))

@@ -1,0 +1,54 @@
+"""Tuning's rules as fast unit checks (the slower end-to-end studies are in test_tuning.py):
+finals on distinct seeds, never a trial past the budget, the pruner's decision obeyed."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from benchmark import loop, tuning
+from tests.conftest import compose
+
+
+def test_finals_use_distinct_seeds_other_than_the_tuning_seed(tmp_path):
+    job = compose("method=bp", "arch=mlp", "dataset=digits", "mode=tune", "seed=5", "tuning.n_seeds=4",
+                  f"results_dir={tmp_path}", "measure.emissions=false")
+    seeds = tuning.final_seeds(job)
+    assert len(seeds) == 4 and len(set(seeds)) == 4 and 5 not in seeds
+
+
+@pytest.mark.parametrize("n_trials", [1, 3])
+def test_claims_stop_exactly_at_the_budget(n_trials):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    claimed = 0
+    while (trial := tuning.claim_trial(study, n_trials, lock=None)) is not None:
+        study.tell(trial, 0.5)
+        claimed += 1
+        assert claimed <= n_trials, "a trial was claimed past the budget"
+    assert claimed == n_trials
+
+
+class FakeTrial:
+    def __init__(self, prune: bool):
+        self.prune, self.reported = prune, []
+
+    def report(self, value, step):
+        self.reported.append((step, value))
+
+    def should_prune(self):
+        return self.prune
+
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_the_pruners_decision_stops_the_trial(prune, tmp_path):
+    job = compose("method=bp", "arch=mlp", "dataset=digits", "mode=tune", f"results_dir={tmp_path}",
+                  "measure.emissions=false")
+    trial = FakeTrial(prune)
+    on_epoch = tuning.epoch_callback(trial, job.tuning)
+    record = {"epoch": 2, "val_accuracy": 0.4, "train_seconds_cum": 1.0, "energy_j_cum": 0.0}
+    if prune:
+        with pytest.raises(loop.Pruned):
+            on_epoch(record)
+    else:
+        on_epoch(record)
+    assert trial.reported == [(2, 0.4)]
