@@ -8,6 +8,7 @@ RESULTS     ?= results
 PORT        ?= 8080
 HOST        ?= 127.0.0.1
 SHARED_DATA ?= ../shared/data
+TEST_WORKERS ?= auto
 
 .DEFAULT_GOAL := help
 .PHONY: help venv data bench smoke test mutate report dashboard perf perf-overhead clean
@@ -37,8 +38,8 @@ bench: venv data ## the main job: experiment=$(EXPERIMENT) (tune, finals, report
 smoke: venv ## the CI smoke benchmark: the same pipeline on scikit-learn digits
 	$(MAKE) bench EXPERIMENT=smoke
 
-test: venv ## the test suite
-	$(PY) -m pytest -q
+test: venv ## the test suite, one worker per core (pytest-xdist; TEST_WORKERS=0 runs it in one process)
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 mutate: venv data ## one-line defects into a copy, the suite against each: which test catches it (long; not in CI)
 	BPFREE_DATA=$(DATA) $(PY) -m tests.mutate

@@ -24,7 +24,9 @@ CHECKED: dict[tuple[str, ...], Job] = {}  # preflight's jobs, by their sorted ov
 
 
 def fail(err: UserError) -> None:
-    print(f"bpfree-bench: error: {err}", file=sys.stderr)
+    from benchmark.storage import redact
+
+    print(redact(f"bpfree-bench: error: {err}"), file=sys.stderr)
     sys.exit(2)
 
 

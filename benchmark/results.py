@@ -36,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.errors import UserError
+from benchmark.storage import redact
 
 SCHEMA_VERSION = 1
 
@@ -56,7 +57,8 @@ def _clean(value):
 
 
 def encode(record: dict) -> bytes:
-    return (json.dumps(_clean(record), sort_keys=True, default=str, allow_nan=False) + "\n").encode()
+    """One JSON line; no URL in it keeps its password (storage.redact)."""
+    return (redact(json.dumps(_clean(record), sort_keys=True, default=str, allow_nan=False)) + "\n").encode()
 
 
 def append(path: str | os.PathLike, record: dict) -> None:

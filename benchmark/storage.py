@@ -2,18 +2,37 @@
 
 Owns: the storage spec of a config (`tuning.storage`: null for a SQLite file beside the results,
 `journal:<file>`, or any SQLAlchemy URL such as a PostgreSQL server), opening it, checking it is
-reachable before anything trains, and the claim/finals locks used with file-based storages.
+reachable before anything trains, the claim/finals locks used with file-based storages, and
+`redact`, which takes the password out of every URL the harness writes or prints.
+
+Credentials: records and reports are meant to be shared and committed, so a password in a storage
+URL is never written (records, study attributes, reports, printed lines, errors: `redact`). Give
+it outside the command line where you can: libpq reads `PGPASSWORD` or `~/.pgpass` when the URL
+has none (`tuning.storage=postgresql+psycopg://alice@host/bench`), and an environment
+interpolation (`tuning.storage='postgresql+psycopg://alice:${oc.env:BENCH_DB_PASSWORD}@host/bench'`)
+keeps it out of shell history. Either way the report reconnects to the study with PGPASSWORD or
+~/.pgpass, since the URL it finds in the records has no password.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import random
+import re
 import time
 import warnings
 from pathlib import Path
 
 from benchmark.errors import UserError
+
+
+# scheme://user:password@  ->  scheme://user@   (a password with '@' or '/' is percent-encoded in a URL)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"]*):[^@/\s'\"]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it removed; the user, host and database stay."""
+    return _URL_PASSWORD.sub(r"\g<head>@", text)
 
 
 def experiment_dir(cfg) -> Path:
@@ -57,7 +76,7 @@ def check_reachable(spec: str) -> None:
         open_storage(spec)
     except Exception as err:  # noqa: BLE001 - a driver's many error types all mean the same here
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise UserError(f"tuning.storage {spec!r} is unreachable ({first})", "start the database or fix the URL") from None
+        raise UserError(redact(f"tuning.storage {spec!r} is unreachable ({first})"), "start the database or fix the URL") from None
 
 
 def claim_lock_path(spec: str) -> Path | None:

@@ -35,7 +35,7 @@ import psutil
 from benchmark import loop, results, runner
 from benchmark.config import Job, to_dict
 from benchmark.settings import SearchParam, TuningConfig
-from benchmark.storage import claim_lock_path, experiment_dir, file_lock, open_storage, storage_spec
+from benchmark.storage import claim_lock_path, experiment_dir, file_lock, open_storage, redact, storage_spec
 
 log = logging.getLogger(__name__)
 DEAD = "worker_died"
@@ -181,7 +181,7 @@ def study_for(job: Job) -> tuple[optuna.Study, str]:
         sampler=make_sampler(job.tuning, int(cfg.seed) + existing), pruner=make_pruner(job.tuning),
     )
     study.set_user_attr("experiment", cfg.experiment_name)
-    study.set_user_attr("budget", to_dict(cfg.tuning))
+    study.set_user_attr("budget", {k: redact(v) if isinstance(v, str) else v for k, v in to_dict(cfg.tuning).items()})
     return study, spec
 
 
@@ -233,7 +233,7 @@ def epoch_callback(trial: optuna.Trial, t: TuningConfig):
 
 def run_trial(job: Job, study: optuna.Study, trial: optuna.Trial, spec: str) -> dict:
     hp = replace(job.hp, **suggest(trial, job.search_space))
-    info = {"study": study.study_name, "number": trial.number, "storage": spec}
+    info = {"study": study.study_name, "number": trial.number, "storage": redact(spec)}
     try:
         record = runner.execute(
             trial_job(job), kind="trial", hp=hp, on_epoch=epoch_callback(trial, job.tuning), evaluate_test=False,
@@ -275,7 +275,7 @@ def run_finals(job: Job, study: optuna.Study, spec: str) -> list[dict]:
             if seed in recorded:
                 done.append(recorded[seed])
                 continue
-            info = {"study": study.study_name, "number": best.number, "storage": spec}
+            info = {"study": study.study_name, "number": best.number, "storage": redact(spec)}
             done.append(runner.execute(trial_job(job), kind="final", seed=seed, hp=hp, trial=info))
     return done
 

@@ -10,6 +10,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite in one worker per core (pytest-xdist): each worker's torch then
+    # uses one thread, so workers do not oversubscribe the cores.
+    import torch
+
+    torch.set_num_threads(1)
+
 
 def compose(*overrides: str):
     """A checked config (benchmark.config.Job), as `python -m benchmark <overrides>` builds it."""

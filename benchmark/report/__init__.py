@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark import results
+from benchmark.storage import redact
 from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_cost_to_target, plot_costs,
                                       plot_learning_curves, plot_optuna, plot_profiles)
 from benchmark.report.numbers import (TARGET_FRACTION, cost_to_target, failures_table, final_runs, provenance,
@@ -105,7 +106,7 @@ def build(run_dir: str | Path, out: str | Path | None = None, references: list[d
     costs.to_csv(out / "cost_to_target.csv", index=False)
     pd.DataFrame(ctx["reproduction"]).to_csv(out / "reproduction.csv", index=False)
     ctx["failures"].to_csv(out / "failures.csv", index=False)
-    page = render_html(ctx)
+    page = redact(render_html(ctx))  # a storage URL's password never reaches the page
     (out / "index.html").write_text(page, encoding="utf-8")
     if pdf:
         write_pdf(page, out)
