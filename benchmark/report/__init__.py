@@ -36,7 +36,8 @@ from benchmark import results
 from benchmark.storage import redact
 from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_cost_to_target, plot_costs,
                                       plot_learning_curves, plot_optuna, plot_profiles)
-from benchmark.report.numbers import (TARGET_FRACTION, cost_to_target, failures_table, final_runs, provenance,
+from benchmark.report.numbers import (TARGET_FRACTION, budget_summary, cost_to_target, failures_table, final_runs,
+                                      provenance,
                                       reproduction, significance_sentences, sources_table, summarise, summary_table,
                                       targets_per_dataset)
 from benchmark.report.render import method_notes, render_html, write_pdf
@@ -93,7 +94,8 @@ def build(run_dir: str | Path, out: str | Path | None = None, references: list[d
     costs_table = costs.assign(target=lambda d: (d["target"] * 100).round(2)).rename(
         columns={"target": "target (%)", "time_s": "time to target (s)", "energy_j": "energy to target (J)"}) if not costs.empty else costs
     ctx = {
-        "experiment": experiment, "summary": summary, "significance": significance, "figures": figs.items,
+        "experiment": experiment, "summary": summary, "rows": rows, "budget": budget_summary(records),
+        "significance": significance, "figures": figs.items,
         "costs_table": costs_table, "targets": targets, "target_fraction": target_fraction,
         "reproduction": reproduction(rows, references), "failures": failures_table(records),
         "sources": sources_table(runs), "method_notes": method_notes(sorted({r.method for r in rows})),

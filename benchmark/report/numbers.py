@@ -70,6 +70,65 @@ METRICS = [  # key, label, unit, scale
 ]
 
 
+@dataclass(frozen=True)
+class Convergence:
+    """Whether a cell's validation accuracy had stopped rising when its budget ran out.
+
+    The rule: for each completed run, fit a line (least squares) to its validation accuracy over
+    the final third of its epochs (at least the last 2) and take the rise that line makes across
+    that window. The cell is still rising when the mean rise over its seeds exceeds the seed noise:
+    the one-sided 95% Student-t bound of that mean (sd / sqrt(n) x t(0.95, n-1)), and at least
+    0.1 pp. A run with a single epoch cannot show a trend and counts as still rising: one epoch
+    is no evidence of convergence."""
+
+    rising: bool
+    rise_pp: float  # mean fitted rise over the window, percentage points
+    window: int  # epochs in the window (the longest over the seeds)
+    noise_pp: float  # what the rise had to exceed
+
+    def phrase(self) -> str:
+        if not self.rising:
+            return "converged at this budget"
+        if self.window < 2:
+            return "not converged at this budget: one epoch shows no trend"
+        return (f"not converged at this budget: validation accuracy still rising, {self.rise_pp:+.2f} pp over "
+                f"its last {self.window} epochs")
+
+
+MIN_RISE_PP = 0.1
+
+
+def window_rise(curve: list[float]) -> tuple[float, int]:
+    """Fitted rise (accuracy units) over the final third of `curve` (at least its last 2 points)."""
+    k = max(2, math.ceil(len(curve) / 3))
+    tail = np.asarray(curve[-k:], float)
+    if len(tail) < 2:
+        return math.inf, len(tail)
+    slope = np.polyfit(np.arange(len(tail)), tail, 1)[0]
+    return float(slope * (len(tail) - 1)), len(tail)
+
+
+def convergence(runs: list[dict]) -> Convergence:
+    """The cell's Convergence from its completed runs' validation curves (see the class)."""
+    from scipy import stats
+
+    rises, windows = [], []
+    for r in runs:
+        curve = [h["val_accuracy"] for h in (r.get("metrics") or {}).get("history", []) if h.get("val_accuracy") is not None]
+        if curve:
+            rise, k = window_rise(curve)
+            rises.append(rise)
+            windows.append(k)
+    if not rises:
+        return Convergence(False, 0.0, 0, MIN_RISE_PP)
+    if any(math.isinf(x) for x in rises):
+        return Convergence(True, math.nan, max(windows), MIN_RISE_PP)
+    v = np.asarray(rises) * 100
+    noise = stats.t.ppf(0.95, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+    noise = max(float(noise), MIN_RISE_PP)
+    return Convergence(bool(v.mean() > noise), float(v.mean()), max(windows), noise)
+
+
 @dataclass
 class Row:
     dataset: str
@@ -81,6 +140,7 @@ class Row:
     values: dict  # key -> (mean, estimated, source)
     seeds: list
     accs: list
+    convergence: Convergence = Convergence(False, 0.0, 0, MIN_RISE_PP)
 
 
 def summarise(runs: list[dict]) -> list[Row]:
@@ -98,7 +158,7 @@ def summarise(runs: list[dict]) -> list[Row]:
             nums = [g[0] for g in got if g[0] is not None]
             if nums:
                 values[key] = (float(np.mean(nums)) * scale, any(g[1] for g in got), next(g[2] for g in got if g[2]))
-        rows.append(Row(dataset, arch, method, n, acc, ci, values, [r["seed"] for r in recs], accs))
+        rows.append(Row(dataset, arch, method, n, acc, ci, values, [r["seed"] for r in recs], accs, convergence(recs)))
     return rows
 
 
@@ -120,7 +180,12 @@ def significance_sentences(rows: list[Row]) -> list[dict]:
             continue
         p = welch(row.accs, base.accs)
         diff = (row.acc - base.acc) * 100
-        if math.isnan(p):
+        rising = [(name, c) for name, c in ((row.method, row.convergence), ("BP", base.convergence)) if c.rising]
+        if rising:
+            why = "; ".join(f"{name}: {c.phrase()}" for name, c in rising)
+            sentence = (f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp, but the budget was too small "
+                        f"to tell ({why}); no claim either way.")
+        elif math.isnan(p):
             sentence = (f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp; too few seeds "
                         f"(n={row.n} vs {base.n}) for Welch's t-test.")
         elif p >= 0.05:
@@ -130,6 +195,7 @@ def significance_sentences(rows: list[Row]) -> list[dict]:
             sentence = (f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp, p={p:.3g} (Welch's t-test, "
                         f"n={row.n} vs {base.n}): {'better' if diff > 0 else 'worse'} than BP beyond the seed noise at the 5% level.")
         out.append({"dataset": row.dataset, "arch": row.arch, "method": row.method, "diff_pp": diff, "p_value": p,
+                    "budget_limited": bool(rising),
                     "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False)", "sentence": sentence})
     return out
 
@@ -212,8 +278,33 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
             out.append({**ref, "ours": None, "diff_pp": None, "verdict": "not run"})
             continue
         diff = ours.acc - theirs
-        out.append({**ref, "ours": ours.acc, "diff_pp": diff * 100, "verdict": "pass" if diff >= -tol else "fail"})
+        verdict = "pass" if diff >= -tol else ("budget too small to tell: " + ours.convergence.phrase()
+                                               if ours.convergence.rising else "fail")
+        out.append({**ref, "ours": ours.acc, "diff_pp": diff * 100, "verdict": verdict})
     return out
+
+
+def budget_summary(records: list[dict]) -> str:
+    """One sentence: the budget every cell had (trials, epochs, seeds, early stopping) and the
+    compute all runs used, so that no comparison is read without it."""
+    budgets = {tuple(sorted((k, v) for k, v in (r.get("budget") or {}).items() if k in ("n_trials", "max_epochs", "n_seeds", "epochs")))
+               for r in records}
+    patience = sorted({((r.get("config") or {}).get("train") or {}).get("patience") for r in records} - {None})
+    parts = []
+    for b in sorted(budgets):
+        d = dict(b)
+        if "n_trials" in d:
+            parts.append(f"{d['n_trials']} tuning trials x at most {d['max_epochs']} epochs per cell, then {d['n_seeds']} final seeds")
+        elif "epochs" in d:
+            parts.append(f"single runs of at most {d['epochs']} epochs")
+    stopping = ("early stopping after " + "/".join(map(str, patience)) + " epochs without improvement") if any(patience) else "no early stopping"
+    seconds = sum(measurement(r, "time_total")[0] or 0 for r in records)
+    joules = [measurement(r, "energy_train")[0] for r in records]
+    energy = sum(j for j in joules if j is not None)
+    estimated = any(measurement(r, "energy_train")[1] for r in records)
+    compute = f"{len(records)} runs, {seconds / 60:.3g} min in all" + (
+        f", {energy / 1000:.3g} kJ of training energy{' (estimated)' if estimated else ''}" if any(j is not None for j in joules) else "")
+    return f"Budget: {'; '.join(parts) or 'unknown'}; {stopping}. Compute: {compute}."
 
 
 def provenance(records: list[dict], storage: str | None) -> dict:
@@ -255,7 +346,8 @@ def summary_table(rows: list[Row]) -> pd.DataFrame:
     for r in rows:
         base = baseline_for(rows, r)
         entry = {"dataset": r.dataset, "arch": r.arch, "method": r.method, "n": r.n,
-                 "test acc (%)": fmt(r.acc * 100), "95% CI (± pp)": fmt(r.ci * 100)}
+                 "test acc (%)": fmt(r.acc * 100), "95% CI (± pp)": fmt(r.ci * 100),
+                 "converged": "yes" if not r.convergence.rising else r.convergence.phrase().replace("not converged at this budget: ", "no: ")}
         for key, label, unit, _ in METRICS:
             if key in r.values:
                 value, est, _src = r.values[key]

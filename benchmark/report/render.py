@@ -54,6 +54,12 @@ def render_html(ctx: dict) -> str:
     parts.append(f"<h1>bpfree-bench report: {e(ctx['experiment'])}</h1>")
     parts.append(f"<p class='note'>{ctx['n_final']} final runs, {ctx['n_trials']} tuning trials, "
                  f"{ctx['n_failed']} failed or diverged runs. Generated {e(ctx['provenance']['generated'])}.</p>")
+    parts.append(f"<p><b>{e(ctx['budget'])}</b></p>")
+    limited = [r for r in ctx["rows"] if r.convergence.rising]
+    if limited:
+        parts.append("<p class='note'>Not converged at this budget (validation accuracy still rising over the final third of "
+                     "the epochs beyond the seed noise): " + e(", ".join(f"{r.method} on {r.dataset}/{r.arch}" for r in limited))
+                     + ". No comparison below claims better or worse for these cells; a larger budget is needed to tell.</p>")
     parts.append("<h2>Summary</h2><p class='note'>Test accuracy: mean over the final seeds with the half-width of its 95% "
                  "confidence interval (Student t). Costs: mean over the same runs; relative figures compare with BP on the "
                  "same dataset and architecture. † marks an estimate (see Sources).</p>")

@@ -1,0 +1,67 @@
+"""A cell whose validation accuracy was still rising when its budget ran out is flagged, and the
+report makes no better/worse or reproduction claim about it (synthetic records, known curves)."""
+from __future__ import annotations
+
+import pytest
+
+from benchmark.report import numbers
+
+
+def final(method: str, seed: int, curve: list[float], test_acc: float, stop: str = "max_epochs") -> dict:
+    return {
+        "kind": "final", "status": "completed", "method": method, "arch": "mlp", "dataset": "mnist", "seed": seed,
+        "budget": {"n_trials": 2, "max_epochs": len(curve), "n_seeds": 3},
+        "config": {"train": {"patience": 2}},
+        "metrics": {"test_accuracy": test_acc, "stop_reason": stop,
+                    "history": [{"epoch": i + 1, "val_accuracy": v} for i, v in enumerate(curve)]},
+        "measurements": {"time_total": {"value": 60.0, "unit": "s", "source": "time.perf_counter", "estimated": False}},
+    }
+
+
+def cells(ff_curves, ff_accs, bp_curve=(0.95, 0.97, 0.975, 0.976, 0.976, 0.976)):
+    runs = [final("bp", s, list(bp_curve), acc) for s, acc in zip((1, 2, 3), (0.975, 0.976, 0.977))]
+    runs += [final("ff", s, c, a) for s, (c, a) in enumerate(zip(ff_curves, ff_accs), start=1)]
+    return numbers.summarise(runs), runs
+
+
+def test_a_rising_cell_is_flagged_and_gets_no_worse_than_claim():
+    # The issue's case: two epochs, validation 76 % -> 88 %, test accuracy 9 pp under BP's.
+    rows, runs = cells([[0.76, 0.88], [0.75, 0.87], [0.77, 0.89]], [0.88, 0.885, 0.89])
+    ff = next(r for r in rows if r.method == "ff")
+    assert ff.convergence.rising and ff.convergence.rise_pp == pytest.approx(12.0)
+    [sentence] = numbers.significance_sentences(rows)
+    assert sentence["budget_limited"]
+    assert "worse" not in sentence["sentence"] and "better" not in sentence["sentence"]
+    assert "budget was too small to tell" in sentence["sentence"] and "+12.00 pp over its last 2 epochs" in sentence["sentence"]
+    reference = [{"method": "ff", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.9833, "tolerance": 0.01, "source": "x"}]
+    [verdict] = numbers.reproduction(rows, reference)
+    assert verdict["verdict"].startswith("budget too small to tell") and "fail" not in verdict["verdict"]
+    table = numbers.summary_table(rows)
+    assert table.set_index("method").loc["ff", "converged"].startswith("no: ")
+    assert table.set_index("method").loc["bp", "converged"] == "yes"
+    assert "2 tuning trials x at most" in numbers.budget_summary(runs)
+
+
+def test_a_flat_cell_keeps_its_claim():
+    flat = [0.86, 0.88, 0.885, 0.886, 0.886, 0.885]
+    rows, _ = cells([flat, [x - 0.002 for x in flat], [x + 0.002 for x in flat]], [0.88, 0.885, 0.89])
+    ff = next(r for r in rows if r.method == "ff")
+    assert not ff.convergence.rising
+    [sentence] = numbers.significance_sentences(rows)
+    assert not sentence["budget_limited"] and "worse than BP beyond the seed noise" in sentence["sentence"]
+
+
+def test_a_rise_inside_the_seed_noise_is_not_a_trend():
+    # Final thirds (3 of 9 epochs) rising +0.8, -0.5 and +0.1 pp: a positive mean (+0.13 pp), far
+    # inside its one-sided 95 % bound over three seeds.
+    head = [0.70, 0.78, 0.82, 0.85, 0.87, 0.875]
+    curves = [head + [0.880, 0.884, 0.888], head + [0.884, 0.8815, 0.879], head + [0.882, 0.8825, 0.883]]
+    rows, _ = cells(curves, [0.88, 0.885, 0.89])
+    ff = next(r for r in rows if r.method == "ff").convergence
+    assert ff.rise_pp == pytest.approx(0.8 / 3 - 0.5 / 3 + 0.1 / 3 + 0.0, abs=0.01) and ff.rise_pp > 0
+    assert ff.window == 3 and not ff.rising
+
+
+def test_one_epoch_is_no_evidence_of_convergence():
+    rows, _ = cells([[0.9], [0.91], [0.9]], [0.9, 0.91, 0.9])
+    assert next(r for r in rows if r.method == "ff").convergence.rising
