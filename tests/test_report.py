@@ -80,3 +80,17 @@ def test_chromium_loads_the_html_without_console_errors_and_every_image_decodes(
         browser.close()
     assert decoded and all(decoded)
     assert errors == []
+
+
+def test_no_inf_nan_none_or_spurious_digits_reach_the_page(rendered):
+    """Numbers print to what the seed noise supports: accuracies to 0.01 pp, costs to 3 significant
+    figures; absent or unreached figures in words, never `inf`, `nan` or `None`."""
+    page = (rendered / "index.html").read_text()
+    text = re.sub(r"<pre>.*?</pre>", "", page, flags=re.S)  # method notes: prose, not figures
+    text = re.sub(r"src='data:[^']*'", "", text)
+    body = text.split("<h2>Provenance</h2>")[0]  # provenance holds hashes and versions verbatim
+    assert not re.search(r"\b(inf|-inf|nan|NaN|None)\b", body)
+    for cell in re.findall(r"<td>(.*?)</td>", body, flags=re.S):
+        for number in re.findall(r"\d[\d,]*\.?\d*", cell):
+            digits = number.replace(",", "").replace(".", "").lstrip("0")
+            assert len(digits) <= 4, f"{number!r} in a table cell has more digits than the rule ({cell!r})"

@@ -36,7 +36,7 @@ from benchmark import results
 from benchmark.storage import redact
 from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_cost_to_target, plot_costs,
                                       plot_learning_curves, plot_optuna, plot_profiles)
-from benchmark.report.numbers import (TARGET_FRACTION, budget_summary, cost_to_target, failures_table, final_runs,
+from benchmark.report.numbers import (TARGET_FRACTION, budget_summary, cost_to_target, costs_display, failures_table, final_runs,
                                       provenance,
                                       reproduction, significance_sentences, sources_table, summarise, summary_table,
                                       targets_per_dataset)
@@ -91,8 +91,7 @@ def build(run_dir: str | Path, out: str | Path | None = None, references: list[d
     optuna_notes = plot_optuna(storage, studies, figs)
     summary = summary_table(rows)
     significance = significance_sentences(rows)
-    costs_table = costs.assign(target=lambda d: (d["target"] * 100).round(2)).rename(
-        columns={"target": "target (%)", "time_s": "time to target (s)", "energy_j": "energy to target (J)"}) if not costs.empty else costs
+    costs_table = costs_display(costs)
     ctx = {
         "experiment": experiment, "summary": summary, "rows": rows, "budget": budget_summary(records),
         "significance": significance, "figures": figs.items,

@@ -334,11 +334,52 @@ def provenance(records: list[dict], storage: str | None) -> dict:
 
 
 def fmt(value, digits=2) -> str:
+    """An accuracy-like figure to `digits` decimals (0.01 pp for percentages); "–" when absent."""
     if value is None or (isinstance(value, float) and (math.isnan(value) or math.isinf(value))):
         return "–"
     if abs(value) >= 1e4 or (0 < abs(value) < 1e-2):
         return f"{value:.3g}"
     return f"{value:.{digits}f}"
+
+
+def fmt_cost(value, inf: str = "not reached") -> str:
+    """A cost (time, energy, memory, FLOPs) to 3 significant figures, without exponent notation
+    below a million; `inf` for an infinite cost, "–" when absent."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if math.isinf(value):
+        return inf
+    if value == 0:
+        return "0"
+    rounded = float(f"{value:.3g}")
+    if abs(rounded) >= 1e6:
+        return f"{rounded:.3g}"
+    if abs(rounded) >= 100:
+        return f"{rounded:,.0f}"
+    return f"{rounded:.3g}"
+
+
+def costs_display(costs: pd.DataFrame) -> pd.DataFrame:
+    """Time/energy to target as printed: units in headers, 3 significant figures, "not reached"."""
+    if costs.empty:
+        return costs
+    return pd.DataFrame({
+        "dataset": costs["dataset"], "method": costs["method"], "arch": costs["arch"],
+        "target (val acc, %)": [fmt(t * 100) for t in costs["target"]],
+        "time to target (s)": [fmt_cost(v) for v in costs["time_s"]],
+        "energy to target (J)": [fmt_cost(v, inf="not reached") if not math.isnan(v)
+                                 else "one estimate per run: no per-epoch energy" for v in costs["energy_j"]],
+    })
+
+
+def reproduction_display(verdicts: list[dict]) -> pd.DataFrame:
+    """The reproduction table as printed: accuracies in percent to 0.01 pp."""
+    return pd.DataFrame([{
+        "dataset": v["dataset"], "arch": v["arch"], "method": v["method"], "source": v.get("source", ""),
+        "published (%)": fmt(v["test_accuracy"] * 100), "ours (%)": fmt(v["ours"] * 100) if v["ours"] is not None else "–",
+        "difference (pp)": fmt(v["diff_pp"]) if v["diff_pp"] is not None else "–",
+        "tolerance (pp)": fmt(v.get("tolerance", 0.01) * 100), "verdict": v["verdict"],
+    } for v in verdicts])
 
 
 def summary_table(rows: list[Row]) -> pd.DataFrame:
@@ -352,7 +393,7 @@ def summary_table(rows: list[Row]) -> pd.DataFrame:
             if key in r.values:
                 value, est, _src = r.values[key]
                 rel = relative(value, base.values.get(key, (None,))[0]) if base and r.method != BASELINE else ""
-                entry[f"{label} ({unit})"] = fmt(value) + ("†" if est else "") + (f" ({rel} vs BP)" if rel else "")
+                entry[f"{label} ({unit})"] = fmt_cost(value) + ("†" if est else "") + (f" ({rel} vs BP)" if rel else "")
             else:
                 entry[f"{label} ({unit})"] = "–"
         table.append(entry)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.report.numbers import reproduction_display
+
 def method_notes(methods_seen: list[str]) -> list[dict]:
     """Each method's docstring (its algorithm and its differences from the paper)."""
     from benchmark import spec as registry
@@ -74,7 +76,7 @@ def render_html(ctx: dict) -> str:
     parts.append(table_html(ctx["costs_table"]))
     if ctx["reproduction"]:
         parts.append("<h2>Reproduction of published figures</h2>")
-        parts.append(table_html(pd.DataFrame(ctx["reproduction"])))
+        parts.append(table_html(reproduction_display(ctx["reproduction"])))
     parts.append("<h2>Figures</h2>")
     for fig in ctx["figures"]:
         parts.append(f"<figure><img alt='{e(fig['caption'])}' src='data:image/png;base64,{fig['data']}'>"
