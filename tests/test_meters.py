@@ -243,3 +243,24 @@ def test_nvml_asked_for_on_a_cpu_run_is_refused_even_where_nvml_works(monkeypatc
     monkeypatch.setattr(energy, "import_pynvml", lambda: FakeNVML())
     with pytest.raises(UserError, match="this run is on cpu"):
         energy.check_energy_request(MeasureConfig(energy="nvml", emissions=False), torch.device("cpu"))
+
+
+def test_a_training_step_with_backward_records_its_activation_memory():
+    """The first step of a phase counts the bytes autograd saves for backward: at least the hidden
+    layer's activations (batch x width x 4 bytes) for a two-layer MLP trained by backprop."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    m = Meters(MeasureConfig(emissions=False, energy="none", flops=False), torch.device("cpu"))
+    m.start_phase(lambda: None, "train")
+    m.train_step(step, 32, model.parameters())
+    figure = m.summary(32, [0.1])["activation_memory"]
+    assert figure["unit"] == "B" and figure["value"] >= 32 * 100 * 4
