@@ -167,3 +167,29 @@ def test_bp_predicts_the_classes_it_learned():
         method.train_step(x, y, torch.arange(64))
     with torch.no_grad():
         assert (method.predict(x).argmax(1) == y).float().mean() >= 0.95
+
+
+def test_holm_matches_the_textbook_step_down():
+    """Holm (1979) on p = 0.01, 0.04, 0.03, 0.005 (m = 4): sorted p_(i) x (m - i + 1), made
+    monotone: 0.005x4 = 0.02, 0.01x3 = 0.03, 0.03x2 = 0.06, 0.04x1 = 0.04 -> 0.06."""
+    from benchmark.report.numbers import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(holm([math.nan, 0.02])[0]) and holm([math.nan, 0.02])[1] == pytest.approx(0.02)
+
+
+def test_significance_is_decided_after_holm_and_small_differences_are_named():
+    from benchmark.report import numbers
+
+    def row(method, arch, accs):
+        mean, ci, n = numbers.mean_ci95(accs)
+        return numbers.Row("mnist", arch, method, n, mean, ci, {}, list(range(n)), accs)
+
+    bp = [0.980, 0.981, 0.982]
+    rows = [row("bp", "a", bp), row("bp", "b", bp),
+            row("x", "a", [0.975, 0.976, 0.977]),  # 0.5 pp under BP, tight seeds: raw p tiny, survives Holm
+            row("y", "b", [0.970, 0.980, 0.990])]  # noisy: inside the noise
+    out = {s["method"]: s for s in numbers.significance_sentences(rows)}
+    assert out["x"]["p_holm"] >= out["x"]["p_value"]
+    assert "a small difference, but worse than BP" in out["x"]["sentence"] and "Holm-adjusted p=" in out["x"]["sentence"]
+    assert "inside the seed noise" in out["y"]["sentence"]

@@ -172,31 +172,51 @@ def relative(value: float, base: float) -> str:
     return f"{(value / base - 1) * 100:+.0f}%"
 
 
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (statsmodels' multipletests); nan stays nan."""
+    from statsmodels.stats.multitest import multipletests
+
+    finite = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    adjusted = [math.nan] * len(p_values)
+    if finite:
+        _, corrected, _, _ = multipletests([p_values[i] for i in finite], alpha=0.05, method="holm")
+        for i, q in zip(finite, corrected):
+            adjusted[i] = float(q)
+    return adjusted
+
+
+SMALL_PP = 1.0  # a significant difference below this many points is called small, in words
+
+
 def significance_sentences(rows: list[Row]) -> list[dict]:
+    """One sentence per method x cell against BP on the same dataset and arch: Welch's t-test on
+    the final seeds' test accuracies, Holm-Bonferroni over every comparison the report makes, and
+    no claim where either cell was still rising at its budget."""
+    pairs = [(row, base) for row in rows if row.method != BASELINE and (base := baseline_for(rows, row)) is not None]
+    raw = [welch(row.accs, base.accs) for row, base in pairs]
+    limited = [[(name, c) for name, c in ((row.method, row.convergence), ("BP", base.convergence)) if c.rising]
+               for row, base in pairs]
+    adjusted = holm([math.nan if lim else p for p, lim in zip(raw, limited)])
     out = []
-    for row in rows:
-        base = baseline_for(rows, row)
-        if base is None or row.method == BASELINE:
-            continue
-        p = welch(row.accs, base.accs)
+    for (row, base), p, q, rising in zip(pairs, raw, adjusted, limited):
         diff = (row.acc - base.acc) * 100
-        rising = [(name, c) for name, c in ((row.method, row.convergence), ("BP", base.convergence)) if c.rising]
+        head = f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp"
+        tests = f"p={p:.3g}, Holm-adjusted p={q:.3g} (Welch's t-test, n={row.n} vs {base.n})"
         if rising:
             why = "; ".join(f"{name}: {c.phrase()}" for name, c in rising)
-            sentence = (f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp, but the budget was too small "
-                        f"to tell ({why}); no claim either way.")
+            sentence = f"{head}, but the budget was too small to tell ({why}); no claim either way."
         elif math.isnan(p):
-            sentence = (f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp; too few seeds "
-                        f"(n={row.n} vs {base.n}) for Welch's t-test.")
-        elif p >= 0.05:
-            sentence = (f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp, p={p:.3f} (Welch's t-test, "
-                        f"n={row.n} vs {base.n}): the difference lies inside the seed noise; no claim either way.")
+            sentence = f"{head}; too few seeds (n={row.n} vs {base.n}) for Welch's t-test."
+        elif q >= 0.05:
+            sentence = f"{head}, {tests}: the difference lies inside the seed noise; no claim either way."
         else:
-            sentence = (f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp, p={p:.3g} (Welch's t-test, "
-                        f"n={row.n} vs {base.n}): {'better' if diff > 0 else 'worse'} than BP beyond the seed noise at the 5% level.")
+            size = "a small difference, but " if abs(diff) < SMALL_PP else ""
+            sentence = (f"{head}, {tests}: {size}{'better' if diff > 0 else 'worse'} than BP beyond the seed noise "
+                        f"at the 5% level after the correction.")
         out.append({"dataset": row.dataset, "arch": row.arch, "method": row.method, "diff_pp": diff, "p_value": p,
-                    "budget_limited": bool(rising),
-                    "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False)", "sentence": sentence})
+                    "p_holm": q, "budget_limited": bool(rising),
+                    "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), Holm-Bonferroni (statsmodels)",
+                    "sentence": sentence})
     return out
 
 

@@ -67,7 +67,9 @@ def render_html(ctx: dict) -> str:
                  "same dataset and architecture. † marks an estimate (see Sources).</p>")
     parts.append(table_html(ctx["summary"]))
     parts.append("<h2>Significance against BP</h2><p class='note'>Test: Welch's t-test (scipy.stats.ttest_ind, "
-                 "equal_var=False) on the final seeds' test accuracies, two-sided, 5% level.</p><ul>")
+                 "equal_var=False) on the final seeds' test accuracies, two-sided, 5% level, after the Holm-Bonferroni "
+                 "correction over every comparison listed here (statsmodels' multipletests); raw and adjusted p are both "
+                 "shown. A difference under 1 pp that is still significant is called small.</p><ul>")
     parts += [f"<li>{e(s['sentence'])}</li>" for s in ctx["significance"]] or ["<li>No method shares a cell with BP.</li>"]
     parts.append("</ul>")
     parts.append(f"<h2>Across workloads: performance profiles</h2><p class='note'>Target per dataset: "
