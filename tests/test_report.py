@@ -37,6 +37,7 @@ def test_html_holds_each_method_the_ci_columns_and_the_significance_sentence(ren
     # Welch's p, or (4 epochs of digits may still be rising) the budget-limited sentence instead.
     assert re.search(r"mf vs BP on digits/mlp: [+-]\d+\.\d\d pp(, p=|, but the budget was too small to tell)", page)
     assert "<b>Budget: single runs of at most 4 epochs" in page
+    assert "digits: 95.00%" in page  # the dataset's fixed target (configs/dataset/digits.yaml)
     assert "†" in page  # CodeCarbon's energy here is an estimate and is marked
     assert "Reproduction of published figures" in page and "made up for the test" in page
     assert "sha256" in page and "canonical: True" in page

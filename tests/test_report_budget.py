@@ -65,3 +65,14 @@ def test_a_rise_inside_the_seed_noise_is_not_a_trend():
 def test_one_epoch_is_no_evidence_of_convergence():
     rows, _ = cells([[0.9], [0.91], [0.9]], [0.9, 0.91, 0.9])
     assert next(r for r in rows if r.method == "ff").convergence.rising
+
+
+def test_targets_are_the_datasets_fixed_ones_and_do_not_move_when_a_method_is_added():
+    rows, runs = cells([[0.8, 0.9]] * 3, [0.9, 0.9, 0.9])
+    for r in runs:
+        r["config"]["dataset"] = {"name": "mnist", "target_accuracy": 0.98}
+    fixed = numbers.fixed_targets(runs)
+    assert numbers.targets_per_dataset(rows, 0.97, fixed) == {"mnist": 0.98}
+    better = rows + [numbers.Row("mnist", "mlp", "z", 3, 0.999, 0.0, {}, [1, 2, 3], [0.999] * 3)]
+    assert numbers.targets_per_dataset(better, 0.97, fixed) == {"mnist": 0.98}
+    assert numbers.targets_per_dataset(better, 0.97, {})["mnist"] == pytest.approx(0.97 * 0.999)  # the old, moving rule

@@ -236,12 +236,26 @@ def to_target(run: dict, target: float) -> tuple[float, float]:
     return math.inf, (math.inf if metered else math.nan)
 
 
-def targets_per_dataset(rows: list[Row], fraction: float) -> dict[str, float]:
+def targets_per_dataset(rows: list[Row], fraction: float, fixed: dict[str, float] | None = None) -> dict[str, float]:
+    """Each dataset's target validation accuracy: the fixed one its YAML gives (`target_accuracy`,
+    as AlgoPerf fixes targets per workload, so runs and machines compare), else `fraction` x the
+    best method's mean final test accuracy of these runs (which moves when a method is added)."""
+    fixed = fixed or {}
     best = {}
     for r in rows:
         if not math.isnan(r.acc):
             best[r.dataset] = max(best.get(r.dataset, 0.0), r.acc)
-    return {d: fraction * acc for d, acc in best.items()}
+    return {d: fixed.get(d, fraction * acc) for d, acc in best.items()}
+
+
+def fixed_targets(records: list[dict]) -> dict[str, float]:
+    """The `target_accuracy` each dataset's config gave, as recorded with its runs."""
+    out = {}
+    for r in records:
+        d = (r.get("config") or {}).get("dataset") or {}
+        if d.get("target_accuracy") is not None:
+            out[d["name"]] = float(d["target_accuracy"])
+    return out
 
 
 def cost_to_target(runs: list[dict], targets: dict) -> pd.DataFrame:
