@@ -26,6 +26,9 @@ def test_claims_stop_exactly_at_the_budget(n_trials):
         claimed += 1
         assert claimed <= n_trials, "a trial was claimed past the budget"
     assert claimed == n_trials
+    # and no trial past the budget was even asked for (then failed as over budget): the study
+    # holds exactly the budget's trials.
+    assert len(study.trials) == n_trials, [t.state.name for t in study.trials]
 
 
 class FakeTrial:
