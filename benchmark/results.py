@@ -33,7 +33,6 @@ import math
 import os
 from pathlib import Path
 
-import pandas as pd
 
 from benchmark.errors import UserError
 from benchmark.storage import redact
@@ -114,9 +113,11 @@ def read_records(path: str | os.PathLike, strict: bool = False) -> list[dict]:
     return records
 
 
-def load(path: str | os.PathLike) -> pd.DataFrame:
-    """Records as a DataFrame: one row per run; nested fields flattened with dots
+def load(path: str | os.PathLike):
+    """Records as a pandas DataFrame: one row per run; nested fields flattened with dots
     (metrics.test_accuracy, measurements.energy_train.value, ...)."""
+    import pandas as pd  # here, not at the top: a single run never loads results as a table
+
     path = Path(path)
     if path.is_dir():
         path = path / "runs.jsonl"
