@@ -151,6 +151,12 @@ DEFECTS = [
     Defect("welch_as_student", "statistics", "benchmark/report/numbers.py",
            "stats.ttest_ind(a, b, equal_var=False)", "stats.ttest_ind(a, b, equal_var=True)",
            "Student's pooled t-test in place of Welch's"),
+    Defect("holm_ignored", "statistics", "benchmark/report/numbers.py",
+           "        elif q >= 0.05:", "        elif p >= 0.05:",
+           "significance decided on the raw p, the Holm-Bonferroni correction ignored"),
+    Defect("budget_limited_claims", "statistics", "benchmark/report/numbers.py",
+           "        if rising:\n", "        if False:\n",
+           "a cell still rising when its budget ran out gets a better/worse claim"),
 ]
 
 

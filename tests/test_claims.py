@@ -193,3 +193,22 @@ def test_significance_is_decided_after_holm_and_small_differences_are_named():
     assert out["x"]["p_holm"] >= out["x"]["p_value"]
     assert "a small difference, but worse than BP" in out["x"]["sentence"] and "Holm-adjusted p=" in out["x"]["sentence"]
     assert "inside the seed noise" in out["y"]["sentence"]
+
+
+def test_a_difference_significant_only_before_the_correction_makes_no_claim(monkeypatch):
+    """Two comparisons at raw p = 0.03 and 0.04: each below 0.05 alone, neither after Holm
+    (0.06, 0.06), so neither sentence may say better or worse."""
+    from benchmark.report import numbers
+
+    def row(method, arch, accs):
+        mean, ci, n = numbers.mean_ci95(accs)
+        return numbers.Row("mnist", arch, method, n, mean, ci, {}, list(range(n)), accs)
+
+    raw = {"x": 0.03, "y": 0.04}
+    monkeypatch.setattr(numbers, "welch", lambda a, b: raw["x"] if a[0] == 0.95 else raw["y"])
+    bp = [0.980, 0.981, 0.982]
+    rows = [row("bp", "a", bp), row("bp", "b", bp), row("x", "a", [0.95, 0.96, 0.97]), row("y", "b", [0.94, 0.95, 0.96])]
+    out = {s["method"]: s for s in numbers.significance_sentences(rows)}
+    assert out["x"]["p_holm"] == pytest.approx(0.06) and out["y"]["p_holm"] == pytest.approx(0.06)
+    for s in out.values():
+        assert "inside the seed noise" in s["sentence"] and "worse" not in s["sentence"]
