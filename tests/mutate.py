@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 # run after these (`suite`), so a new test file is never left out.
 ORDER = [
     "tests/test_claims.py", "tests/test_faithfulness.py", "tests/test_meters.py", "tests/test_tuning_rules.py",
-    "tests/test_core.py", "tests/test_audit.py", "tests/test_imports.py", "tests/test_bad_input.py",
+    "tests/test_report_budget.py", "tests/test_core.py", "tests/test_audit.py", "tests/test_imports.py",
+    "tests/test_bad_input.py",
     "tests/test_configs.py", "tests/test_report.py", "tests/test_speed_options.py", "tests/test_tuning.py",
     "tests/reliability", "tests/test_methods.py", "tests/test_registry.py", "tests/test_postgres.py",
 ]
