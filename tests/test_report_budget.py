@@ -76,3 +76,21 @@ def test_targets_are_the_datasets_fixed_ones_and_do_not_move_when_a_method_is_ad
     better = rows + [numbers.Row("mnist", "mlp", "z", 3, 0.999, 0.0, {}, [1, 2, 3], [0.999] * 3)]
     assert numbers.targets_per_dataset(better, 0.97, fixed) == {"mnist": 0.98}
     assert numbers.targets_per_dataset(better, 0.97, {})["mnist"] == pytest.approx(0.97 * 0.999)  # the old, moving rule
+
+
+def test_cost_to_target_figure_stays_a_readable_size_when_no_cell_reaches_its_target(tmp_path):
+    """Every cell short of its target and energy only as one estimate per run (the smoke run's
+    case) once saved a 915 x 117,453-pixel PNG."""
+    import math
+    import struct
+
+    import pandas as pd
+
+    from benchmark.report.figures import Figures, plot_cost_to_target
+
+    costs = pd.DataFrame([{"dataset": "digits", "method": f"m{i}", "arch": "mlp", "target": 0.95,
+                           "time_s": math.inf, "energy_j": math.nan} for i in range(22)])
+    figs = Figures(tmp_path)
+    plot_cost_to_target(costs, figs)
+    width, height = struct.unpack(">II", (tmp_path / "cost_to_target.png").read_bytes()[16:24])
+    assert width <= 2000 and height <= 2000, (width, height)

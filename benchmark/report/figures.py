@@ -101,15 +101,25 @@ def plot_cost_to_target(costs: pd.DataFrame, figs: Figures) -> None:
         return
     plt = _plt()
     labels = [f"{r.method}/{r.arch}/{r.dataset}" for r in costs.itertuples()]
-    fig, axes = plt.subplots(1, 2, figsize=(9, max(3.0, 0.35 * len(labels) + 1)))
+    y = np.arange(len(labels))
+    fig, axes = plt.subplots(1, 2, figsize=(9, max(3.0, 0.3 * len(labels) + 1)))
     for ax, (col, label) in zip(axes, (("time_s", "training time to target (s)"), ("energy_j", "energy to target (J)"))):
-        vals = costs[col].replace(np.inf, np.nan)
-        ax.barh(labels, vals)
-        for i, v in enumerate(costs[col]):
+        values = costs[col].to_numpy(dtype=float)
+        finite = np.isfinite(values)
+        ax.barh(y, np.where(finite, values, 0.0))
+        # Categorical rows at fixed positions and limits: with no finite value at all (every cell
+        # short of its target, or energy only as one estimate per run) the axes would otherwise
+        # keep a 0..1 range, and the notes below, placed at row i, would stretch the saved
+        # (tight-bbox) figure to tens of thousands of pixels.
+        ax.set_yticks(y, labels)
+        ax.set_ylim(-0.5, len(labels) - 0.5)
+        if not finite.any():
+            ax.set_xlim(0, 1)
+        for i, v in enumerate(values):
             if np.isinf(v):
-                ax.text(0, i, " never reached", va="center", fontsize=7, color="crimson")
+                ax.text(0, i, " not reached", va="center", fontsize=7, color="crimson", clip_on=True)
             elif np.isnan(v):
-                ax.text(0, i, " not measured per epoch", va="center", fontsize=7, color="grey")
+                ax.text(0, i, " one estimate per run: no per-epoch energy", va="center", fontsize=7, color="grey", clip_on=True)
         ax.set_xlabel(label)
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
