@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.report.numbers import METRICS, Row, pareto_front, performance_profile
+from benchmark.report.numbers import METRICS, Row, pareto_front, performance_profile, val_curve
 
 
 def _plt():
@@ -67,8 +67,7 @@ def plot_learning_curves(runs: list[dict], figs: Figures) -> None:
     for dataset in sorted({r["dataset"] for r in runs}):
         fig, ax = plt.subplots(figsize=(6, 4))
         for (method, arch) in sorted({(r["method"], r["arch"]) for r in runs if r["dataset"] == dataset}):
-            curves = [[h["val_accuracy"] for h in r["metrics"].get("history", []) if h.get("val_accuracy") is not None]
-                      for r in runs if r["dataset"] == dataset and r["method"] == method and r["arch"] == arch]
+            curves = [val_curve(r) for r in runs if r["dataset"] == dataset and r["method"] == method and r["arch"] == arch]
             curves = [c for c in curves if c]
             if not curves:
                 continue

@@ -108,13 +108,18 @@ def window_rise(curve: list[float]) -> tuple[float, int]:
     return float(slope * (len(tail) - 1)), len(tail)
 
 
+def val_curve(run: dict) -> list[float]:
+    """A run's validation accuracy per epoch (epochs without one left out)."""
+    return [h["val_accuracy"] for h in (run.get("metrics") or {}).get("history", []) if h.get("val_accuracy") is not None]
+
+
 def convergence(runs: list[dict]) -> Convergence:
     """The cell's Convergence from its completed runs' validation curves (see the class)."""
     from scipy import stats
 
     rises, windows = [], []
     for r in runs:
-        curve = [h["val_accuracy"] for h in (r.get("metrics") or {}).get("history", []) if h.get("val_accuracy") is not None]
+        curve = val_curve(r)
         if curve:
             rise, k = window_rise(curve)
             rises.append(rise)
