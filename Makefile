@@ -11,7 +11,7 @@ SHARED_DATA ?= ../shared/data
 TEST_WORKERS ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data bench smoke test mutate report dashboard perf perf-overhead clean
+.PHONY: help venv data bench smoke test mutate report dashboard perf perf-overhead repro repro-report clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -43,6 +43,15 @@ test: venv ## the test suite, one worker per core (pytest-xdist; TEST_WORKERS=0 
 
 mutate: venv data ## one-line defects into a copy, the suite against each: which test catches it (long; not in CI)
 	BPFREE_DATA=$(DATA) $(PY) -m tests.mutate
+
+REPRO_DIR   ?= docs/reproduction
+
+repro: venv data ## a paper at its own settings: EXPERIMENT=repro_<paper>; records + report in $(REPRO_DIR)/ (committed)
+	BPFREE_DATA=$(DATA) $(PY) -m benchmark experiment=$(EXPERIMENT) results_dir=$(REPRO_DIR)
+	$(MAKE) repro-report
+
+repro-report: venv ## regenerate the published reproduction report from the committed records in $(REPRO_DIR)/
+	$(PY) -m benchmark.report $(sort $(dir $(wildcard $(REPRO_DIR)/repro_*/runs.jsonl*))) --out $(REPRO_DIR)/report
 
 report: venv ## render reports/$(EXPERIMENT)/ from $(RESULTS)/$(EXPERIMENT)
 	$(PY) -m benchmark.report $(RESULTS)/$(EXPERIMENT)

@@ -37,7 +37,10 @@ class Blocks:
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
 
 
-def mlp(input_shape: tuple[int, ...], widths: list[int], bias: bool = True, activation: str = "relu") -> Blocks:
+def mlp(input_shape: tuple[int, ...], widths: list[int], bias: bool = True, activation: str = "relu",
+        depth: int | None = None, width: int | None = None) -> Blocks:
+    """Flatten, then Linear -> activation per entry of `widths`. `depth` and `width` are what
+    mlp_depth.yaml builds its widths from (kept in the config and the records); widths decides."""
     if activation not in ACTIVATIONS:
         raise UserError(f"arch.activation '{activation}' is unknown", f"choose one of: {', '.join(ACTIVATIONS)}")
     blocks, shapes, fan_in = [], [], int(torch.Size(input_shape).numel())
@@ -116,6 +119,8 @@ class MLPSchema:
     widths: list[int] = field(metadata={"min_items": 1, "ge": 1})
     bias: bool = field(default=True, metadata={})
     activation: str = field(default="relu", metadata={"choices": tuple(ACTIVATIONS)})
+    depth: int | None = field(default=None, metadata={"ge": 1})  # mlp_depth.yaml: widths = [width] * depth
+    width: int | None = field(default=None, metadata={"ge": 1})
 
 
 @dataclass
@@ -143,6 +148,11 @@ def validate(arch_cfg: dict) -> None:
     if kind not in ARCHS:
         raise UserError(f"unknown arch.kind '{kind}'", f"choose one of: {', '.join(ARCHS)}")
     check_fields("arch", SCHEMAS[kind], arch_cfg, f"configs/arch/{arch_cfg.get('name', kind)}.yaml")
+    if kind == "mlp" and arch_cfg.get("depth") is not None:
+        widths, depth, width = list(arch_cfg["widths"]), arch_cfg["depth"], arch_cfg.get("width")
+        if len(widths) != depth or (width is not None and set(widths) != {width}):
+            raise UserError(f"arch.depth={depth} (width {width}) disagrees with arch.widths={widths}",
+                            "set arch.depth and arch.width on arch=mlp_depth, or arch.widths alone on the other MLPs")
 
 
 def build(arch_cfg: dict, input_shape: tuple[int, ...]) -> Blocks:

@@ -32,9 +32,15 @@ from benchmark.settings import DatasetSettings, LearningCheck, MethodSettings, S
 from benchmark.validate import check_fields
 
 CONFIG_DIR = Path(os.environ.get("BPFREE_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+
+# `${repeat:VALUE,N}` in a config: a list of N copies of VALUE (configs/arch/mlp_depth.yaml builds its
+# widths from a depth and a width, so an experiment can sweep the depth alone).
+if not OmegaConf.has_resolver("repeat"):
+    OmegaConf.register_new_resolver("repeat", lambda value, n: [value] * int(n))
+
 TOP_LEVEL = {
     "method", "arch", "dataset", "mode", "experiment_name", "seed", "device", "results_dir", "data", "train",
-    "measure", "tuning", "skip_unsupported", "experiment",
+    "measure", "tuning", "skip_unsupported", "resume", "experiment",
 }
 
 
@@ -218,7 +224,12 @@ def _one_line(err: Exception) -> UserError:
 
 
 def expand(argv: list[str]) -> list[list[str]]:
-    """The override lists of every job `argv` launches (one, unless -m or an experiment sweeps).
+    """The override lists of every job `argv` launches (one, unless -m or an experiment sweeps)."""
+    return expand_grid(argv)[0]
+
+
+def expand_grid(argv: list[str]) -> tuple[list[list[str]], bool]:
+    """`expand`, and whether `argv` is a multirun (one that Hydra's launcher runs).
     Sweeps (the command line's and an experiment's `hydra.sweeper.params`) are read with Hydra's
     own override parser, so `a,b`, `range(...)` and `glob(*)` mean what they mean to Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -249,7 +260,7 @@ def expand(argv: list[str]) -> list[list[str]]:
                 sweeps.append(experiment_sweep)
         for o in sweeps:
             axes.append([f"{o.get_key_element()}={v}" for v in sweep_values(o)])
-    return [base + list(combo) for combo in itertools.product(*axes)] if axes else [base]
+    return ([base + list(combo) for combo in itertools.product(*axes)] if axes else [base]), multirun
 
 
 def sweep_values(override) -> list[str]:
@@ -267,7 +278,13 @@ def sweep_values(override) -> list[str]:
 
 def preflight(argv: list[str]) -> list[Job]:
     """Compose and check every job of `argv`. Raises UserError before anything trains."""
-    jobs = [dataclasses.replace(check(compose(overrides)), overrides=tuple(overrides)) for overrides in expand(argv)]
+    return plan(argv)[0]
+
+
+def plan(argv: list[str]) -> tuple[list[Job], bool]:
+    """`preflight`, and whether `argv` is a multirun (else its one job runs without Hydra's app)."""
+    grid, multirun = expand_grid(argv)
+    jobs = [dataclasses.replace(check(compose(overrides)), overrides=tuple(overrides)) for overrides in grid]
     if not any(job.supported for job in jobs):
         raise UserError("no job of this grid can run: every method x arch pair is unsupported", "fix the grid's arch list")
-    return jobs
+    return jobs, multirun

@@ -59,6 +59,10 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={})
     autocast: str = field(default="none", metadata={"choices": ("none", "bf16")})
     channels_last: bool = field(default=False, metadata={})
+    # Reproductions only: also evaluate the test set after every epoch, recorded in the history as
+    # `test_accuracy`, so a report can show a paper's own protocol (the best test epoch) beside the
+    # harness's. Never used to select anything; tuning trials never see the test set either way.
+    test_every_epoch: bool = field(default=False, metadata={})
 
 
 def precision(cfg: TrainConfig, device: torch.device):
@@ -180,7 +184,11 @@ def train(
                     break
                 with meters.window("eval"):
                     val_acc, val_loss = evaluate(method, data.val_x, data.val_y, cfg.eval_batch_size, meters, autocast)
+                    if cfg.test_every_epoch and evaluate_test:
+                        epoch_test_acc, _ = evaluate(method, data.test_x, data.test_y, cfg.eval_batch_size, meters, autocast)
                 record = _epoch_record(epoch_no, phase.name, train_loss, val_acc, val_loss, meters, t0)
+                if cfg.test_every_epoch and evaluate_test:
+                    record["test_accuracy"] = epoch_test_acc
                 history.append(record)
                 bar.update(1)
                 bar.set_postfix(phase=phase.name, loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")

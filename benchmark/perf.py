@@ -228,10 +228,12 @@ def method_throughput(n_train: int, epochs: int = 1) -> None:
         out = loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
         seconds, flops = meters.seconds["train"], meters.flops["train"]
         samples = out["metrics"]["train_samples"]
+        memory = meters.summary(samples, [])["peak_memory"]
         note = f"{cls.supported_archs[0]}, {n_train} {source} images, {DEVICE.type}"
         emit("methods", f"{name}: training throughput", samples / seconds, "samples/s", note)
         emit("methods", f"{name}: achieved FLOP/s", flops / seconds / 1e9, "GFLOP/s", note)
         emit("methods", f"{name}: fraction of matmul peak", flops / seconds / peak, "", note)
+        emit("methods", f"{name}: peak memory", (memory["value"] or 0) / 2**20, "MiB", memory["source"])
 
 
 def ours_epoch(name: str, arch: str, data: Splits, epochs: int) -> tuple[float, float]:
@@ -242,19 +244,29 @@ def ours_epoch(name: str, arch: str, data: Splits, epochs: int) -> tuple[float, 
     return meters.seconds["train"] / epochs, out["metrics"]["val_accuracy"]
 
 
+REFERENCE_GAP = 0.05  # a reference more than 5 points under ours after the same epochs has not learned
+
+
+def compare_with_reference(label: str, ref: tuple[float, float], ours: tuple[float, float], note: str) -> None:
+    """The time ratio, only where the re-implemented reference learned: one that does not learn
+    proves nothing about speed, so its ratio row is dropped and the reason printed instead."""
+    (ref_s, ref_acc), (our_s, our_acc) = ref, ours
+    emit("reference", f"{label}: reference step (s/epoch)", ref_s, "s", f"val acc {ref_acc:.4f}; {note}")
+    emit("reference", f"{label}: ours (s/epoch)", our_s, "s", f"val acc {our_acc:.4f}; {note}")
+    if ref_acc < our_acc - REFERENCE_GAP:
+        emit("reference", f"{label}: ours / reference", math.nan, "ratio",
+             f"dropped: the reference reached {ref_acc:.4f} against our {our_acc:.4f}, so it did not learn")
+    else:
+        emit("reference", f"{label}: ours / reference", our_s / ref_s, "ratio", "goal <= 1")
+
+
 def section_reference(n_train: int, epochs: int) -> None:
     data, source = mnist_or_synthetic(n_train)
     note = f"{n_train} {source} images, {epochs} epochs, batch 128"
-    ref_s, ref_acc = reference_ff_epoch(data, [1000, 1000], epochs)
-    our_s, our_acc = ours_epoch("ff", "mlp", data, epochs)  # mlp = 2x1000
-    emit("reference", "FF 2x1000: loeweX-style step (s/epoch)", ref_s, "s", f"val acc {ref_acc:.4f}; {note}")
-    emit("reference", "FF 2x1000: ours (s/epoch)", our_s, "s", f"val acc {our_acc:.4f}; {note}")
-    emit("reference", "FF: ours / reference", our_s / ref_s, "ratio", "goal <= 1")
-    ref_s, ref_acc = reference_cafo_epoch(data, epochs)
-    our_s, our_acc = ours_epoch("cafo_rand", "cnn", data, epochs)
-    emit("reference", "CaFo-Rand CE: blocks forwarded per batch (s/epoch)", ref_s, "s", f"val acc {ref_acc:.4f}; {note}")
-    emit("reference", "CaFo-Rand CE: ours, features cached (s/epoch)", our_s, "s", f"val acc {our_acc:.4f}; {note}")
-    emit("reference", "CaFo: ours / reference", our_s / ref_s, "ratio", "goal <= 1")
+    compare_with_reference("FF 2x1000 (loeweX-style DataLoader step)", reference_ff_epoch(data, [1000, 1000], epochs),
+                           ours_epoch("ff", "mlp", data, epochs), note)  # mlp = 2x1000
+    compare_with_reference("CaFo-Rand CE (blocks forwarded per batch)", reference_cafo_epoch(data, epochs),
+                           ours_epoch("cafo_rand", "cnn", data, epochs), note)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -93,12 +93,17 @@ def _repair_tail(fd: int, path: Path) -> None:
 
 def read_records(path: str | os.PathLike, strict: bool = False) -> list[dict]:
     """All records of a runs.jsonl. A line that does not parse is skipped with a warning (or raises
-    a UserError naming the file and line when `strict`)."""
+    a UserError naming the file and line when `strict`). A gzipped copy (runs.jsonl.gz, as large
+    committed reproductions are kept) is read where the plain file is absent."""
     path = Path(path)
+    if not path.exists() and path.with_name(path.name + ".gz").exists():
+        path = path.with_name(path.name + ".gz")
     if not path.exists():
         return []
     records = []
-    with open(path, "rb") as f:
+    import gzip
+
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue

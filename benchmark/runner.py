@@ -52,6 +52,21 @@ def cell_name(cfg) -> str:
     return f"{cfg.method.name}__{cfg.arch.name}__{cfg.dataset.name}"
 
 
+def finished_earlier(job: Job) -> dict | None:
+    """A completed single run of this job already in its experiment's runs.jsonl: the same cell,
+    seed, hyperparameters, arch and epoch budget. Experiments that set `resume: true` (the
+    reproductions, depth_scaling) skip it, so a batch of runs cut short resumes where it stopped."""
+    cfg = job.cfg
+    want = (cell_name(cfg), cfg.seed, dict(vars(job.hp)), to_dict(cfg.arch), job.train.epochs)
+    for r in results.read_records(results.runs_file(cfg.results_dir, cfg.experiment_name)):
+        if r.get("kind") == "run" and r.get("status") == "completed":
+            got = (r.get("cell"), r.get("seed"), r.get("hp"), (r.get("config") or {}).get("arch"),
+                   ((r.get("config") or {}).get("train") or {}).get("epochs"))
+            if got == want:
+                return r
+    return None
+
+
 def execute(
     job: Job,
     *,

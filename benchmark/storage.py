@@ -35,6 +35,26 @@ def redact(text: str) -> str:
     return _URL_PASSWORD.sub(r"\g<head>@", text)
 
 
+def password_to_environment(argv: list[str]) -> list[str]:
+    """A PostgreSQL storage override's password moved into PGPASSWORD (libpq, and so psycopg and
+    every process this one starts, reads it from there), and the override without it. Hydra writes
+    a multirun's overrides to multirun.yaml in the results folder; with this, a password given on
+    the command line never reaches that file or any other."""
+    import os
+    from urllib.parse import unquote, urlsplit
+
+    out = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "tuning.storage" and value.startswith("postgresql"):
+            password = urlsplit(value).password
+            if password is not None:
+                os.environ["PGPASSWORD"] = unquote(password)
+                arg = f"{key}={redact(value)}"
+        out.append(arg)
+    return out
+
+
 def experiment_dir(cfg) -> Path:
     return Path(cfg.results_dir) / cfg.experiment_name
 

@@ -43,8 +43,11 @@ class BP(Method):
             # the last allowed epoch (early stopping may end the run before that).
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total_steps, 1))
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.modules["net"](x)
+
     def train_step(self, x, y, idx):
-        loss = F.cross_entropy(self.modules["net"](x), y)
+        loss = F.cross_entropy(self.logits(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -54,3 +57,4 @@ class BP(Method):
 
     def predict(self, x):
         return self.modules["net"](x)
+

@@ -19,9 +19,12 @@ arXiv 2303.09728 (2023). Official code: Graph-ZKY/CaFo.
 
 Differences from the official code: the three predictors are trained together on each batch
 rather than one after the other (they are independent given the frozen blocks, so only the early
-stopping is joint); BatchNorm statistics of the random blocks are the training set's (one pass in
-train mode before freezing) rather than each full batch's; features are computed once and cached
-for the whole phase (the official code also forwards each block once). `cafo_dfa`: the official
+stopping is joint); BatchNorm statistics of the random blocks are the training set's (estimated
+on a fixed 10,000 of its images before freezing) rather than each full batch's; features are
+computed once and cached for the whole phase (the official code also forwards each block once),
+in hp.cache_dtype (float16: half the bytes; the predictors still compute in float32) and within
+hp.cache_budget_mb, beyond which the blocks that do not fit are recomputed per batch
+(`FeatureStore`; README: Memory). `cafo_dfa`: the official
 repository has no DFA training script; we follow the paper's description (blocks trained by DFA
 first, then the predictors) with Adam and Gaussian feedback matrices. The comparison (Spyra 2025)
 trained the DFA blocks a fixed 5 epochs on MNIST and 250 on CIFAR-10; here they get
@@ -48,6 +51,9 @@ class CaFoHyper:
     lr: float = field(metadata={"gt": 0})
     weight_decay: float = field(metadata={"ge": 0})
     ridge: float = field(metadata={"ge": 0})  # MSE closed form: lambda of (F'F + lambda I)^-1 F'Y
+    # Not tuned, not part of the algorithm: how the frozen blocks' features are kept (FeatureStore).
+    cache_dtype: str = field(metadata={"choices": ("float32", "float16", "bfloat16")})
+    cache_budget_mb: float = field(metadata={"ge": 0})
 
 
 @dataclass
@@ -76,6 +82,64 @@ def sparsemax_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return loss.mean()
 
 
+class FeatureStore:
+    """Every frozen block's flattened output for a fixed input tensor, read by row index.
+
+    A block's features are kept (in `dtype`) while they fit `budget_bytes`, deepest block first:
+    a block that is not kept is recomputed per batch from the nearest block before it, and the
+    deep blocks are the expensive ones to recompute (in the CaFo CNN, block 3's 512-channel
+    convolution is 80 % of the FLOPs while block 1 is under 1 %). What a batch reads is float32
+    whatever is kept, so only the rounding of kept features differs from no cache at all.
+    """
+
+    def __init__(self, blocks: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype, budget_bytes: float, chunk: int = 2000):
+        self.blocks, self.x = blocks, x
+        with torch.no_grad():
+            probe = [h[0].shape for h in _block_outputs(blocks, x[:1])]
+        self.shapes = probe
+        row_bytes = [torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size() for shape in probe]
+        self.kept_blocks: set[int] = set()
+        for i in reversed(range(len(blocks))):
+            if row_bytes[i] * len(x) <= budget_bytes:
+                self.kept_blocks.add(i)
+                budget_bytes -= row_bytes[i] * len(x)
+        self.nbytes = sum(row_bytes[i] * len(x) for i in self.kept_blocks)
+        self.kept: dict[int, torch.Tensor] = {
+            i: torch.empty(len(x), row_bytes[i] // torch.tensor([], dtype=dtype).element_size(), dtype=dtype, device=x.device)
+            for i in self.kept_blocks
+        }
+        with torch.no_grad():
+            for start in range(0, len(x) if self.kept else 0, chunk):
+                for i, h in enumerate(_block_outputs(blocks, x[start : start + chunk])):
+                    if i in self.kept:
+                        self.kept[i][start : start + chunk] = h.flatten(1)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @torch.no_grad()
+    def features(self, rows) -> list[torch.Tensor]:
+        """Float32 flattened features of every block for `rows` (an index tensor or a slice)."""
+        out, h = [], (None if 0 in self.kept else self.x[rows])
+        for i, block in enumerate(self.blocks):
+            if i in self.kept:
+                flat = self.kept[i][rows].float()
+                h = flat.view(-1, *self.shapes[i])  # the next block, if recomputed, starts here
+            else:
+                h = block(h)
+                flat = h.flatten(1)
+            out.append(flat)
+        return out
+
+
+def _block_outputs(blocks: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    outs, h = [], x
+    for block in blocks:
+        h = block(h)
+        outs.append(h)
+    return outs
+
+
 class CaFoBase(Method):
     locality = Locality("block", "each predictor's loss reaches only its own linear map; blocks are trained, if at all, by DFA with detached inputs")
     supported_archs = ("cnn",)
@@ -92,8 +156,8 @@ class CaFoBase(Method):
             make_optimizer(hp.optimizer, p.parameters(), hp.lr, hp.weight_decay) for p in self.modules["predictors"]
         ]
         self.blocks_frozen = False
-        self._train_features: list[torch.Tensor] | None = None
-        self._eval_cache: dict[tuple, list[torch.Tensor]] = {}
+        self._train_store: FeatureStore | None = None
+        self._eval_cache: dict[tuple, FeatureStore] = {}
         self.set_blocks_trainable(False)
 
     def train(self, mode: bool = True) -> None:
@@ -105,45 +169,53 @@ class CaFoBase(Method):
         for p in self.modules["blocks"].parameters():
             p.requires_grad_(on)
 
-    # -- features of the frozen blocks, computed once -------------------------------------------
-    @torch.no_grad()
-    def block_features(self, x: torch.Tensor, chunk: int = 2000) -> list[torch.Tensor]:
-        """Flattened output of every block for x, in chunks (the blocks are in eval mode)."""
-        outs = [[] for _ in self.modules["blocks"]]
-        for start in range(0, len(x), chunk):
-            h = x[start : start + chunk]
-            for i, block in enumerate(self.modules["blocks"]):
-                h = block(h)
-                outs[i].append(h.flatten(1))
-        return [torch.cat(o) for o in outs]
+    # -- features of the frozen blocks, computed once ------------------------------------------
+    BATCHNORM_SAMPLES = 10_000
 
     @torch.no_grad()
-    def fit_batchnorm_and_extract(self, x: torch.Tensor, chunk: int = 2000) -> list[torch.Tensor]:
-        """One pass over the training set that both sets each random block's BatchNorm statistics
-        to the training set's and returns every block's flattened output: block by block, the
-        layers before BatchNorm run on all of x, their per-channel mean and variance become the
-        running statistics, and the normalised output feeds the next block."""
-        features, h = [], x
-        for block in self.modules["blocks"]:
+    def fit_batchnorm(self, x: torch.Tensor, chunk: int = 2000) -> None:
+        """Set each random block's BatchNorm statistics to the training set's, estimated on a fixed
+        random 10,000 of its images (all of them when fewer), block by block: the layers before
+        BatchNorm run on those images in chunks (the blocks before it already fitted), and the
+        per-channel mean and unbiased variance, summed in float64, become the running statistics.
+        With hundreds of thousands of values per channel the estimate's error is far below the
+        cache's float16 rounding, and memory stays at one chunk."""
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: self.BATCHNORM_SAMPLES]
+        sample = x[pick.to(x.device)]
+        blocks = self.modules["blocks"]
+        for i, block in enumerate(blocks):
             *body, bn = block  # conv -> ReLU -> pool, then BatchNorm
-            pre = torch.cat([nn.Sequential(*body)(h[i : i + chunk]) for i in range(0, len(h), chunk)])
-            bn.running_mean.copy_(pre.mean(dim=(0, 2, 3)))
-            bn.running_var.copy_(pre.var(dim=(0, 2, 3)))
+            total = total_sq = None
+            count = 0
+            for start in range(0, len(sample), chunk):
+                h = sample[start : start + chunk]
+                for earlier in blocks[:i]:
+                    h = earlier(h)
+                pre = nn.Sequential(*body)(h).double()
+                sums, sq = pre.sum(dim=(0, 2, 3)), (pre * pre).sum(dim=(0, 2, 3))
+                total, total_sq = (sums, sq) if total is None else (total + sums, total_sq + sq)
+                count += pre.numel() // pre.shape[1]
+            mean = total / count
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_((total_sq - count * mean * mean) / (count - 1))
             bn.eval()
-            h = torch.cat([bn(pre[i : i + chunk]) for i in range(0, len(pre), chunk)])
-            del pre
-            features.append(h.flatten(1))
-        return features
+
+    def feature_store(self, x: torch.Tensor) -> FeatureStore:
+        """A store for x within what is left of hp.cache_budget_mb (the training set's store first)."""
+        used = sum(store.nbytes for store in [self._train_store, *self._eval_cache.values()] if store is not None)
+        budget = max(self.hp.cache_budget_mb * 2**20 - used, 0)
+        return FeatureStore(self.modules["blocks"], x, getattr(torch, self.hp.cache_dtype), budget)
 
     def freeze_blocks(self, train_x: torch.Tensor) -> None:
         self.modules["blocks"].eval()
         self.set_blocks_trainable(False)
         self.blocks_frozen = True
         self._eval_cache.clear()
-        if self.train_blocks:  # DFA-trained blocks keep the statistics they learned with
-            self._train_features = self.block_features(train_x)
-        else:  # random blocks: statistics from the training set, in the same single pass
-            self._train_features = self.fit_batchnorm_and_extract(train_x)
+        self._train_store = None
+        if not self.train_blocks:  # random blocks: statistics from the training set
+            self.fit_batchnorm(train_x)
+        # DFA-trained blocks keep the statistics they learned with
+        self._train_store = self.feature_store(train_x)
 
     # -- the predictors' local losses -----------------------------------------------------------
     def start_phase(self, phase, train_x, train_y, total_steps):
@@ -157,10 +229,16 @@ class CaFoBase(Method):
     def fit_least_squares(self, y: torch.Tensor) -> None:
         """The official code's closed form: W = (F'F + ridge I)^-1 F'Y, one solve per block."""
         targets = F.one_hot(y, self.num_classes).float()
-        for feats, predictor in zip(self._train_features, self.modules["predictors"]):
-            gram = feats.T @ feats
+        grams, cross = None, None
+        for start in range(0, len(y), 2000):  # F'F and F'Y summed over chunks of the training set
+            rows = slice(start, start + 2000)
+            feats = self._train_store.features(rows)
+            g = [f.T @ f for f in feats]
+            c = [f.T @ targets[rows] for f in feats]
+            grams, cross = (g, c) if grams is None else ([a + b for a, b in zip(grams, g)], [a + b for a, b in zip(cross, c)])
+        for gram, ft_y, predictor in zip(grams, cross, self.modules["predictors"]):
             gram.diagonal().add_(self.hp.ridge)
-            w = torch.linalg.lstsq(gram, feats.T @ targets).solution
+            w = torch.linalg.lstsq(gram, ft_y).solution
             predictor.weight.copy_(w.T)
 
     def predictor_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -172,8 +250,9 @@ class CaFoBase(Method):
 
     def train_predictors(self, y, idx) -> torch.Tensor:
         total = torch.zeros((), device=y.device)
-        for feats, predictor, optimizer in zip(self._train_features, self.modules["predictors"], self.predictor_optimizers):
-            loss = self.predictor_loss(predictor(feats[idx]), y)  # cached features: detached
+        batch_features = self._train_store.features(idx)  # computed under no_grad: detached
+        for feats, predictor, optimizer in zip(batch_features, self.modules["predictors"], self.predictor_optimizers):
+            loss = self.predictor_loss(predictor(feats), y)
             if self.hp.loss != "mse":  # MSE is solved in closed form in start_phase
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -189,11 +268,12 @@ class CaFoBase(Method):
         """Block features of an evaluation batch, cached while the blocks are frozen: the loop
         evaluates the same preloaded validation slices every epoch."""
         if not self.blocks_frozen:
-            return self.block_features(x)
+            with torch.no_grad():
+                return [h.flatten(1) for h in _block_outputs(self.modules["blocks"], x)]
         key = (x.data_ptr(), x.shape, x.device)
         if key not in self._eval_cache:
-            self._eval_cache[key] = self.block_features(x)
-        return self._eval_cache[key]
+            self._eval_cache[key] = self.feature_store(x)
+        return self._eval_cache[key].features(slice(None))
 
     def vote(self, scores: torch.Tensor) -> torch.Tensor:
         return sparsemax(scores) if self.hp.loss == "sparsemax" else F.softmax(scores, dim=1)

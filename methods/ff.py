@@ -189,14 +189,18 @@ class ForwardForward(Method):
         return loss.detach()
 
     # -- prediction -----------------------------------------------------------------------------
-    def activations(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """Unnormalised activations of every layer for already-labelled flat inputs z."""
-        out, z = [], rms_normalise(z)
+    def layer_activations(self, z: torch.Tensor):
+        """Unnormalised activations of each layer in turn for already-labelled flat inputs z, one
+        layer alive at a time (prediction keeps only the running goodness)."""
+        z = rms_normalise(z)
         for layer in self.modules["layers"]:
             a = F.relu(layer(z))
-            out.append(a)
+            yield a
             z = rms_normalise(a)
-        return out
+
+    def activations(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """Unnormalised activations of every layer for already-labelled flat inputs z."""
+        return list(self.layer_activations(z))
 
     @torch.no_grad()
     def neutral_features(self, x):
@@ -209,8 +213,9 @@ class ForwardForward(Method):
         n, c = len(x), self.num_classes
         candidates = torch.eye(c, device=x.device).repeat(n, 1)  # row k*c + j holds label j
         z = self.with_label(x.repeat_interleave(c, dim=0), candidates)
-        acts = self.activations(z)
-        goodness = sum(acts[i].pow(2).sum(dim=1) for i in self.readout_layers)
+        # Layer by layer: C x N rows of every layer's activations held at once grew the peak memory
+        # with depth (235 -> 774 MiB RSS from 2 to 16 layers of 256 at evaluation batch 2000).
+        goodness = sum(a.pow(2).sum(dim=1) for i, a in enumerate(self.layer_activations(z)) if i in self.readout_layers)
         return goodness.view(n, c)
 
     def predict(self, x):

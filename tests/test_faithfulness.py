@@ -247,3 +247,22 @@ def test_batch_size_is_the_methods_own_and_shrinks_on_small_datasets(job_factory
     assert "method's own" in record["config"]["train"]["batch_size_from"]
     fixed = runner.execute(job_factory("method=ff", "dataset=digits", "train.epochs=1", "train.batch_size=50"))
     assert fixed["config"]["train"]["batch_size"] == 50
+
+
+# -- BP with activation checkpointing --------------------------------------------------------------
+
+def test_bp_checkpoint_takes_bps_step_and_holds_less_for_backward():
+    from benchmark.memory import SavedTensorPeak
+
+    steps = {}
+    for name in ("bp", "bp_checkpoint"):
+        method, data = build(f"method={name}", "arch=mlp", "arch.widths=[64,64,64,64]")
+        idx = torch.arange(64)
+        peak = SavedTensorPeak(list(method.modules.parameters()))
+        with peak.watching():
+            method.train_step(data.train_x[idx], data.train_y[idx], idx)
+        steps[name] = (peak.peak, [p.detach().clone() for p in method.modules.parameters()])
+    for a, b in zip(steps["bp"][1], steps["bp_checkpoint"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # only each block's input is kept (plus the head's saves), not every activation inside the blocks
+    assert steps["bp_checkpoint"][0] < 0.75 * steps["bp"][0]

@@ -74,6 +74,12 @@ def test_no_output_of_a_tuned_run_holds_the_storage_password(tmp_path, server_wi
                    "tuning.n_trials=1", "tuning.max_epochs=1", "tuning.n_seeds=1", f"tuning.storage={url}",
                    f"results_dir={results_dir}", "experiment_name=pw")
     assert tune.returncode == 0, tune.stderr[-2000:]
+    # A multirun: Hydra writes its overrides to multirun.yaml in the results folder.
+    grid = run_cli("-m", "method=bp", "arch=mlp", "arch.widths=[32]", "dataset=digits", "mode=tune", "measure.emissions=false",
+                   "tuning.n_trials=1", "tuning.max_epochs=1", "tuning.n_seeds=1", f"tuning.storage={url}",
+                   f"results_dir={results_dir}", "experiment_name=pw_grid")
+    assert grid.returncode == 0, grid.stderr[-2000:]
+    assert list((results_dir / "pw_grid").glob("hydra/multirun-*/multirun.yaml"))
     # The report reconnects to the study without the password: libpq takes it from PGPASSWORD.
     import sys
 
@@ -84,7 +90,7 @@ def test_no_output_of_a_tuned_run_holds_the_storage_password(tmp_path, server_wi
     assert any(p.name == "runs.jsonl" for p in files) and any(p.name == "index.html" for p in files)
     leaks = [str(p) for p, text in files.items() if password in text]
     assert not leaks, f"the password is written in {leaks}"
-    for stream in (tune.stdout, tune.stderr, report.stdout, report.stderr):
+    for stream in (tune.stdout, tune.stderr, grid.stdout, grid.stderr, report.stdout, report.stderr):
         assert password not in stream
     page = (report_dir / "index.html").read_text()
     assert f"alice@127.0.0.1:{port}" in page  # the storage is still named, only without its password

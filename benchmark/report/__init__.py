@@ -1,4 +1,8 @@
-"""Comparison reports: `python -m benchmark.report results/<experiment> [--out reports/<experiment>]`.
+"""Comparison reports: `python -m benchmark.report results/<experiment> [more folders] [--out DIR]`.
+
+Several results folders (two experiments, or a CPU run and a GPU run) merge into one report: each
+figure keeps the experiment and the machine it came from, and ratios (against BP, in the profiles)
+are taken only between runs on the same machine.
 
 The package is split by layer: `numbers` (statistics and tables, pure), `figures` (matplotlib),
 `render` (HTML and PDF); this module is the entry point that reads the records and puts them
@@ -35,10 +39,10 @@ import pandas as pd
 
 from benchmark import results
 from benchmark.storage import redact
-from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_cost_to_target, plot_costs,
+from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_cost_to_target, plot_costs, plot_depth_scaling,
                                       plot_learning_curves, plot_optuna, plot_profiles)
 from benchmark.report.numbers import (TARGET_FRACTION, budget_summary, cost_to_target, costs_display, fixed_targets, failures_table, final_runs,
-                                      provenance,
+                                      depth_display, depth_table, glance_table, provenance,
                                       reproduction, significance_sentences, sources_table, summarise, summary_table,
                                       targets_per_dataset)
 from benchmark.report.render import method_notes, render_html, write_pdf
@@ -62,17 +66,33 @@ def find_storage(run_dir: Path, records: list[dict]) -> str | None:
     return f"sqlite:///{db.resolve()}" if db.exists() else None
 
 
-def build(run_dir: str | Path, out: str | Path | None = None, references: list[dict] | None = None,
-          target_fraction: float = TARGET_FRACTION, pdf: bool = True) -> Path:
-    """Render the report of the experiment in `run_dir` (the folder holding runs.jsonl)."""
-    run_dir = Path(run_dir)
-    records = results.read_records(run_dir / "runs.jsonl")
-    if not records:
-        from benchmark.errors import UserError
+def read_folders(run_dirs: list[Path]) -> list[dict]:
+    """Every record of every folder (its runs.jsonl, or runs.jsonl.gz), each folder's runs marked
+    with the experiment they belong to."""
+    from benchmark.errors import UserError
 
-        raise UserError(f"no runs recorded in {run_dir / 'runs.jsonl'}", "run an experiment first (make bench)")
-    experiment = records[0].get("experiment", run_dir.name)
-    out = Path(out) if out else Path("reports") / experiment
+    records = []
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir} is not a results folder", "pass folders that hold a runs.jsonl, e.g. results/smoke")
+        found = results.read_records(run_dir / "runs.jsonl")
+        if not found:
+            raise UserError(f"no runs recorded in {run_dir / 'runs.jsonl'}", "run an experiment first (make bench)")
+        for r in found:
+            r.setdefault("experiment", run_dir.name)
+        records += found
+    return records
+
+
+def build(run_dir: str | Path | list, out: str | Path | None = None, references: list[dict] | None = None,
+          target_fraction: float = TARGET_FRACTION, pdf: bool = True) -> Path:
+    """Render the report of the experiment(s) in `run_dir` (a folder holding runs.jsonl, or a list
+    of such folders to merge)."""
+    run_dirs = [Path(d) for d in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir])]
+    records = read_folders(run_dirs)
+    names = list(dict.fromkeys(r["experiment"] for r in records))
+    experiment = names[0] if len(names) == 1 else " + ".join(names)
+    out = Path(out) if out else Path("reports") / (names[0] if len(names) == 1 else "compare-" + "-".join(names))
     out.mkdir(parents=True, exist_ok=True)
     if references is None:
         cells = {(r.get("method"), r.get("arch"), r.get("dataset")) for r in records}
@@ -88,7 +108,10 @@ def build(run_dir: str | Path, out: str | Path | None = None, references: list[d
     plot_costs(rows, figs)
     plot_cost_to_target(costs, figs)
     plot_profiles(costs, figs)
-    storage = find_storage(run_dir, records)
+    depths = depth_table(rows)
+    depth_figures = Figures(out)
+    plot_depth_scaling(depths, depth_figures)
+    storage = find_storage(run_dirs[0], records)
     studies = sorted({(r.get("trial") or {}).get("study") for r in records} - {None})
     optuna_notes = plot_optuna(storage, studies, figs)
     summary = summary_table(rows)
@@ -96,7 +119,8 @@ def build(run_dir: str | Path, out: str | Path | None = None, references: list[d
     costs_table = costs_display(costs)
     ctx = {
         "experiment": experiment, "summary": summary, "rows": rows, "budget": budget_summary(records),
-        "significance": significance, "figures": figs.items,
+        "significance": significance, "figures": figs.items, "depth_table": depth_display(depths),
+        "depth_figures": depth_figures.items, "glance": glance_table(rows, significance),
         "costs_table": costs_table, "targets": targets, "target_fraction": target_fraction,
         "relative_targets": sorted(set(targets) - set(fixed)),
         "reproduction": reproduction(rows, references), "failures": failures_table(records),
@@ -108,6 +132,9 @@ def build(run_dir: str | Path, out: str | Path | None = None, references: list[d
     summary.to_csv(out / "summary.csv", index=False)
     pd.DataFrame(significance).to_csv(out / "significance.csv", index=False)
     costs.to_csv(out / "cost_to_target.csv", index=False)
+    ctx["glance"].to_csv(out / "glance.csv", index=False)
+    if not depths.empty:
+        depths.to_csv(out / "depth_scaling.csv", index=False)
     pd.DataFrame(ctx["reproduction"]).to_csv(out / "reproduction.csv", index=False)
     ctx["failures"].to_csv(out / "failures.csv", index=False)
     page = redact(render_html(ctx))  # a storage URL's password never reaches the page
@@ -119,7 +146,8 @@ def build(run_dir: str | Path, out: str | Path | None = None, references: list[d
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", help="the experiment's results folder (holding runs.jsonl)")
+    parser.add_argument("run_dir", nargs="+", help="the experiment's results folder (holding runs.jsonl); "
+                        "several folders merge into one report")
     parser.add_argument("--out", help="output folder (default reports/<experiment>)")
     parser.add_argument("--target-fraction", type=float, default=TARGET_FRACTION)
     parser.add_argument("--no-pdf", action="store_true")
@@ -127,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     from benchmark.errors import UserError
 
     try:
-        out = build(args.run_dir, args.out, target_fraction=args.target_fraction, pdf=not args.no_pdf)
+        out = build(args.run_dir if len(args.run_dir) > 1 else args.run_dir[0], args.out, target_fraction=args.target_fraction, pdf=not args.no_pdf)
     except UserError as err:
         print(f"bpfree-bench report: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.report.numbers import METRICS, Row, pareto_front, performance_profile, val_curve
+from benchmark.report.numbers import DEPTH_COLUMNS, METRICS, Row, method_rank, pareto_front, performance_profile, val_curve
 
 
 def _plt():
@@ -23,6 +23,18 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def method_colour(method: str):
+    """One colour per method, the same in every figure and every report: the method's place in the
+    registry (BP first, then by name) picks it from matplotlib's 20-colour palette. A method the
+    registry no longer has gets grey."""
+    from benchmark import spec
+
+    order = sorted(spec.names(), key=method_rank)
+    if method not in order:
+        return "0.5"
+    return _plt().get_cmap("tab20")(order.index(method) % 20)
 
 
 class Figures:
@@ -44,13 +56,13 @@ class Figures:
 def plot_accuracy_vs_energy(rows: list[Row], figs: Figures) -> None:
     plt = _plt()
     for dataset in sorted({r.dataset for r in rows}):
-        pts = [(r.values["energy_train"][0], r.acc, f"{r.method}/{r.arch}", r.values["energy_train"][1])
+        pts = [(r.values["energy_train"][0], r.acc, f"{r.method}/{r.arch}", r.values["energy_train"][1], r.method)
                for r in rows if r.dataset == dataset and "energy_train" in r.values and not math.isnan(r.acc)]
         if not pts:
             continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for e, a, label, est in pts:
-            ax.scatter(e, a * 100, marker="^" if est else "o")
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for e, a, label, est, method in pts:
+            ax.scatter(e, a * 100, marker="^" if est else "o", color=method_colour(method))
             ax.annotate(label, (e, a * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
         front = pareto_front([(p[0], p[1]) for p in pts])
         ax.plot([f[0] for f in front], [f[1] * 100 for f in front], "k--", lw=1, label="Pareto front")
@@ -65,15 +77,18 @@ def plot_accuracy_vs_energy(rows: list[Row], figs: Figures) -> None:
 def plot_learning_curves(runs: list[dict], figs: Figures) -> None:
     plt = _plt()
     for dataset in sorted({r["dataset"] for r in runs}):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for (method, arch) in sorted({(r["method"], r["arch"]) for r in runs if r["dataset"] == dataset}):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        styles = {}  # one colour per method; the arch picks the line style
+        for (method, arch) in sorted({(r["method"], r["arch"]) for r in runs if r["dataset"] == dataset},
+                                     key=lambda ma: (method_rank(ma[0]), ma[1])):
             curves = [val_curve(r) for r in runs if r["dataset"] == dataset and r["method"] == method and r["arch"] == arch]
             curves = [c for c in curves if c]
             if not curves:
                 continue
             length = min(len(c) for c in curves)
             mean = np.mean([c[:length] for c in curves], axis=0) * 100
-            ax.plot(range(1, length + 1), mean, marker=".", label=f"{method}/{arch}")
+            style = styles.setdefault(arch, ("-", "--", ":", "-.")[len(styles) % 4])
+            ax.plot(range(1, length + 1), mean, style, marker=".", color=method_colour(method), label=f"{method}/{arch}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy (%), mean over seeds")
         ax.set_title(f"Learning curves: {dataset}")
@@ -85,10 +100,16 @@ def plot_costs(rows: list[Row], figs: Figures) -> None:
     plt = _plt()
     keys = [m for m in METRICS if m[0] in ("energy_train", "time_train", "peak_memory", "activation_memory")]
     labels = [f"{r.method}/{r.arch}/{r.dataset}" for r in rows]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), max(3.0, 0.35 * len(labels) + 1)))
-    for ax, (key, label, unit, _) in zip(np.atleast_1d(axes), keys):
+    colours = [method_colour(r.method) for r in rows]
+    # Two panels a row, so the page keeps a readable width (four side by side were 16 inches wide).
+    n_rows = math.ceil(len(keys) / 2)
+    fig, axes = plt.subplots(n_rows, 2, figsize=(9, n_rows * max(2.6, 0.22 * len(labels) + 1)), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_axis_off()
+    for ax, (key, label, unit, _) in zip(axes.flat, keys):
         vals = [r.values.get(key, (np.nan,))[0] for r in rows]
-        ax.barh(labels, vals)
+        ax.barh(labels, vals, color=colours)
+        ax.invert_yaxis()  # the table's order, top to bottom
         ax.set_xlabel(f"{label} ({unit})")
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
@@ -105,13 +126,13 @@ def plot_cost_to_target(costs: pd.DataFrame, figs: Figures) -> None:
     for ax, (col, label) in zip(axes, (("time_s", "training time to target (s)"), ("energy_j", "energy to target (J)"))):
         values = costs[col].to_numpy(dtype=float)
         finite = np.isfinite(values)
-        ax.barh(y, np.where(finite, values, 0.0))
+        ax.barh(y, np.where(finite, values, 0.0), color=[method_colour(m) for m in costs["method"]])
         # Categorical rows at fixed positions and limits: with no finite value at all (every cell
         # short of its target, or energy only as one estimate per run) the axes would otherwise
         # keep a 0..1 range, and the notes below, placed at row i, would stretch the saved
         # (tight-bbox) figure to tens of thousands of pixels.
         ax.set_yticks(y, labels)
-        ax.set_ylim(-0.5, len(labels) - 0.5)
+        ax.set_ylim(len(labels) - 0.5, -0.5)  # inverted: the table's order, top to bottom
         if not finite.any():
             ax.set_xlim(0, 1)
         for i, v in enumerate(values):
@@ -132,15 +153,40 @@ def plot_profiles(costs: pd.DataFrame, figs: Figures) -> None:
     for ax, (col, what) in zip(axes, (("time_s", "time"), ("energy_j", "energy"))):
         profiles = performance_profile(costs, col, taus)
         for method, rho in profiles.items():
-            ax.step(taus, rho, where="post", label=method)
+            ax.step(taus, rho, where="post", label=method, color=method_colour(method))
         if not profiles:
             ax.text(2.5, 0.5, f"no per-epoch {what} measurement", ha="center", fontsize=8, color="grey")
         ax.set_xlabel("tau (cost / best method's cost)")
         ax.set_ylabel(f"fraction of workloads ({what} to target)")
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7)
+        if profiles:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     figs.add(fig, "performance_profiles", "Performance profiles (AlgoPerf style): time- and energy-to-target.")
+
+
+def plot_depth_scaling(table: pd.DataFrame, figs: Figures) -> None:
+    """Four panels against depth, one line per method: activation memory, peak memory, time per
+    epoch, test accuracy. Memory and time side by side, so a memory saving's time cost shows."""
+    if table.empty:
+        return
+    plt = _plt()
+    for dataset in sorted(table["dataset"].unique()):
+        part = table[table["dataset"] == dataset]
+        fig, axes = plt.subplots(2, 2, figsize=(9, 6.4))
+        for ax, (key, label, _) in zip(axes.flat, DEPTH_COLUMNS):
+            for method in sorted(part["method"].unique(), key=method_rank):
+                line = part[part["method"] == method].sort_values("depth")
+                ax.plot(line["depth"], line[key], marker="o", color=method_colour(method), label=method,
+                        linestyle="--" if method == "bp_checkpoint" else "-")
+            ax.set_xlabel("hidden layers")
+            ax.set_ylabel(label)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(part["depth"].unique()), [str(d) for d in sorted(part["depth"].unique())])
+        axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
+        figs.add(fig, f"depth_scaling_{dataset}", f"Scaling with depth on {dataset}: memory, time per epoch and accuracy "
+                 "against the number of hidden layers (one seed).")
 
 
 def plot_optuna(storage: str | None, studies: list[str], figs: Figures) -> list[str]:

@@ -7,7 +7,7 @@ reproduction verdicts, provenance, and the formatted tables the renderer prints.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -52,6 +52,20 @@ def measurement(record: dict, key: str) -> tuple[float | None, bool, str | None,
     if not fig or fig.get("value") is None:
         return None, False, None, None
     return fig["value"], bool(fig.get("estimated")), fig.get("source"), fig.get("unit")
+
+
+def machine_of(record: dict) -> str:
+    """The hardware a run's figures come from: the GPU where it ran on one, else the CPU model and
+    its thread count. Costs are compared only between runs on the same machine."""
+    env = record.get("environment") or {}
+    if env.get("gpu_model"):
+        return f"{env['gpu_model']} (GPU)"
+    return f"{env.get('cpu_model') or 'unknown CPU'}, {env.get('cpu_count') or '?'} threads (CPU)"
+
+
+def method_rank(name: str) -> tuple[int, str]:
+    """The one order methods appear in everywhere: BP first, then by name."""
+    return (0 if name == BASELINE else 1, name)
 
 
 def final_runs(records: list[dict]) -> list[dict]:
@@ -146,14 +160,21 @@ class Row:
     seeds: list
     accs: list
     convergence: Convergence = Convergence(False, 0.0, 0, MIN_RISE_PP)
+    experiment: str = ""
+    machine: str = ""
+    runs: list = field(default_factory=list, repr=False)  # the completed runs behind the row
 
 
 def summarise(runs: list[dict]) -> list[Row]:
+    """One row per dataset x arch x method x experiment x machine (a merged report keeps each
+    experiment's and each machine's runs apart), in the report's one order (`method_rank`)."""
     rows = []
-    frame = pd.DataFrame([{"dataset": r["dataset"], "arch": r["arch"], "method": r["method"], "r": r} for r in runs])
+    frame = pd.DataFrame([{"dataset": r["dataset"], "arch": r["arch"], "method": r["method"],
+                           "experiment": r.get("experiment", ""), "machine": machine_of(r), "r": r} for r in runs])
     if frame.empty:
         return rows
-    for (dataset, arch, method), group in frame.groupby(["dataset", "arch", "method"], sort=True):
+    keys = ["dataset", "arch", "method", "experiment", "machine"]
+    for (dataset, arch, method, experiment, machine), group in frame.groupby(keys, sort=True):
         recs = [r for r in group["r"] if r["status"] == "completed"]
         accs = [r["metrics"]["test_accuracy"] for r in recs if r["metrics"].get("test_accuracy") is not None]
         acc, ci, n = mean_ci95(accs)
@@ -163,12 +184,17 @@ def summarise(runs: list[dict]) -> list[Row]:
             nums = [g[0] for g in got if g[0] is not None]
             if nums:
                 values[key] = (float(np.mean(nums)) * scale, any(g[1] for g in got), next(g[2] for g in got if g[2]))
-        rows.append(Row(dataset, arch, method, n, acc, ci, values, [r["seed"] for r in recs], accs, convergence(recs)))
-    return rows
+        rows.append(Row(dataset, arch, method, n, acc, ci, values, [r["seed"] for r in recs], accs, convergence(recs),
+                        experiment, machine, recs))
+    return sorted(rows, key=lambda r: (r.dataset, r.arch, method_rank(r.method), r.experiment, r.machine))
 
 
 def baseline_for(rows: list[Row], row: Row) -> Row | None:
-    return next((b for b in rows if b.method == BASELINE and b.dataset == row.dataset and b.arch == row.arch), None)
+    """BP on the same dataset, arch and machine (the same experiment's where there is one): a
+    ratio between runs on different machines would compare the machines, not the methods."""
+    same = [b for b in rows if b.method == BASELINE and b.dataset == row.dataset and b.arch == row.arch
+            and b.machine == row.machine]
+    return next((b for b in same if b.experiment == row.experiment), same[0] if same else None)
 
 
 def relative(value: float, base: float) -> str:
@@ -210,16 +236,21 @@ def significance_sentences(rows: list[Row]) -> list[dict]:
         if rising:
             why = "; ".join(f"{name}: {c.phrase()}" for name, c in rising)
             sentence = f"{head}, but the budget was too small to tell ({why}); no claim either way."
+            verdict = "budget too small to tell"
         elif math.isnan(p):
             sentence = f"{head}; too few seeds (n={row.n} vs {base.n}) for Welch's t-test."
+            verdict = "too few seeds to tell"
         elif q >= 0.05:
             sentence = f"{head}, {tests}: the difference lies inside the seed noise; no claim either way."
+            verdict = "matches BP within the seed noise"
         else:
             size = "a small difference, but " if abs(diff) < SMALL_PP else ""
             sentence = (f"{head}, {tests}: {size}{'better' if diff > 0 else 'worse'} than BP beyond the seed noise "
                         f"at the 5% level after the correction.")
-        out.append({"dataset": row.dataset, "arch": row.arch, "method": row.method, "diff_pp": diff, "p_value": p,
-                    "p_holm": q, "budget_limited": bool(rising),
+            verdict = ("slightly " if abs(diff) < SMALL_PP else "") + ("above BP" if diff > 0 else "below BP")
+        out.append({"dataset": row.dataset, "arch": row.arch, "method": row.method, "experiment": row.experiment,
+                    "machine": row.machine, "diff_pp": diff, "p_value": p,
+                    "p_holm": q, "budget_limited": bool(rising), "verdict": verdict,
                     "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), Holm-Bonferroni (statsmodels)",
                     "sentence": sentence})
     return out
@@ -264,31 +295,34 @@ def fixed_targets(records: list[dict]) -> dict[str, float]:
 
 
 def cost_to_target(runs: list[dict], targets: dict) -> pd.DataFrame:
-    """Per (dataset, method): median over its finals of time and energy to the dataset's target."""
+    """Per dataset x method x arch x machine: median over its finals of time and energy to the
+    dataset's target. A workload of the profiles is a dataset on one machine."""
     rows = []
-    frame = pd.DataFrame([{"dataset": r["dataset"], "method": r["method"], "arch": r["arch"], "r": r} for r in runs
-                          if r["status"] == "completed"])
+    frame = pd.DataFrame([{"dataset": r["dataset"], "method": r["method"], "arch": r["arch"], "machine": machine_of(r),
+                           "r": r} for r in runs if r["status"] == "completed"])
     if frame.empty:
-        return pd.DataFrame(columns=["dataset", "method", "arch", "target", "time_s", "energy_j"])
-    for (dataset, method, arch), group in frame.groupby(["dataset", "method", "arch"]):
+        return pd.DataFrame(columns=["dataset", "method", "arch", "machine", "target", "time_s", "energy_j"])
+    for (dataset, method, arch, machine), group in frame.groupby(["dataset", "method", "arch", "machine"]):
         costs = [to_target(r, targets[dataset]) for r in group["r"]]
-        rows.append({"dataset": dataset, "method": method, "arch": arch, "target": targets[dataset],
+        rows.append({"dataset": dataset, "method": method, "arch": arch, "machine": machine, "target": targets[dataset],
                      "time_s": float(np.median([c[0] for c in costs])),
                      "energy_j": float(np.median([c[1] for c in costs]))})
+    rows.sort(key=lambda c: (c["dataset"], c["arch"], method_rank(c["method"]), c["machine"]))
     return pd.DataFrame(rows)
 
 
 def performance_profile(costs: pd.DataFrame, column: str, taus: np.ndarray) -> dict[str, np.ndarray]:
-    """rho_m(tau): fraction of workloads where method m's cost <= tau x the best method's."""
+    """rho_m(tau): fraction of workloads (a dataset on one machine) where method m's cost <= tau x
+    the best method's there."""
     if costs.empty:
         return {}
     # A method may appear on several archs of one workload (BP): its best arch counts.
-    best_per = costs.groupby(["dataset", "method"])[column].min().unstack("method")
+    best_per = costs.groupby(["dataset", "machine", "method"])[column].min().unstack("method")
     best = best_per.min(axis=1)
     if best_per.isna().all().all():
         return {}  # not measured (energy without a hardware counter)
     profiles = {}
-    for method in best_per.columns:
+    for method in sorted(best_per.columns, key=method_rank):
         ratio = best_per[method] / best
         ratio = ratio.where(np.isfinite(best_per[method]), np.inf)
         profiles[method] = np.array([(ratio <= tau).mean() for tau in taus])
@@ -306,20 +340,61 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 
+# How a paper obtained its figure (published.yaml's `protocol`), and how ours is read the same way
+# from the per-epoch test accuracies a reproduction records (train.test_every_epoch).
+PROTOCOLS = {
+    "best_val": "the epoch with the best validation accuracy, then the test set once (the harness's own)",
+    "final_epoch": "the test accuracy after the last epoch, no selection",
+    "best_test_epoch": "the best test accuracy over the epochs: selected on the test set",
+}
+
+
+def protocol_accuracy(runs: list[dict], protocol: str) -> float | None:
+    """Mean over `runs` of the test accuracy read the paper's way; None where the runs did not
+    record per-epoch test accuracy (then only the harness's own figure exists)."""
+    if protocol == "best_val":
+        accs = [r["metrics"].get("test_accuracy") for r in runs]
+        return float(np.mean(accs)) if accs and None not in accs else None
+    values = []
+    for r in runs:
+        tests = [h["test_accuracy"] for h in r["metrics"].get("history", []) if h.get("test_accuracy") is not None]
+        if not tests:
+            return None
+        values.append(tests[-1] if protocol == "final_epoch" else max(tests))
+    return float(np.mean(values)) if values else None
+
+
 def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
-    """Each published figure beside our mean final test accuracy: difference in pp and a verdict
-    (reproduced when ours is at most `tolerance` below theirs). Accuracies are fractions (0..1)."""
+    """Each published figure beside ours. Accuracies are fractions (0..1).
+
+    Ours is the harness's figure (best validation epoch, test once) and, where the runs recorded
+    the test accuracy per epoch, also the figure read the paper's way (`protocol`). The verdict
+    compares like with like: the paper's protocol where we have it, else the harness's figure.
+    "within tolerance" when ours is at most `tolerance` below; "below by x pp" otherwise, unless the
+    runs were still rising at their budget (then the budget was too small to tell)."""
     out = []
     for ref in references:
-        ours = next((r for r in rows if r.dataset == ref["dataset"] and r.arch == ref["arch"] and r.method == ref["method"]), None)
         theirs, tol = ref["test_accuracy"], ref.get("tolerance", 0.01)
-        if ours is None or math.isnan(ours.acc):
-            out.append({**ref, "ours": None, "diff_pp": None, "verdict": "not run"})
+        protocol = ref.get("protocol", "best_val")
+        matches = [r for r in rows if (r.dataset, r.arch, r.method) == (ref["dataset"], ref["arch"], ref["method"])]
+        if not matches or all(math.isnan(r.acc) for r in matches):
+            out.append({**ref, "protocol": protocol, "ours": None, "ours_ci": None, "ours_protocol": None, "n": 0,
+                        "epochs": None, "machine": None, "experiment": None, "diff_pp": None, "verdict": "not run"})
             continue
-        diff = ours.acc - theirs
-        verdict = "pass" if diff >= -tol else ("budget too small to tell: " + ours.convergence.phrase()
-                                               if ours.convergence.rising else "fail")
-        out.append({**ref, "ours": ours.acc, "diff_pp": diff * 100, "verdict": verdict})
+        for ours in matches:
+            as_paper = protocol_accuracy(ours.runs, protocol)
+            compared = as_paper if as_paper is not None else ours.acc
+            diff = compared - theirs
+            if diff >= -tol:
+                verdict = f"within tolerance ({diff * 100:+.2f} pp; tolerance {tol * 100:.2f} pp)"
+            elif ours.convergence.rising:
+                verdict = "budget too small to tell: " + ours.convergence.phrase()
+            else:
+                verdict = f"below by {-diff * 100:.2f} pp"
+            epochs = sorted({r["metrics"].get("epochs_run") for r in ours.runs} - {None})
+            out.append({**ref, "protocol": protocol, "ours": ours.acc, "ours_ci": ours.ci, "ours_protocol": as_paper,
+                        "n": ours.n, "epochs": "/".join(map(str, epochs)), "machine": ours.machine,
+                        "experiment": ours.experiment, "diff_pp": diff * 100, "verdict": verdict})
     return out
 
 
@@ -364,7 +439,8 @@ def provenance(records: list[dict], storage: str | None) -> dict:
         "fingerprints": fingerprints,
         "budget": sorted(budgets),
         "seeds": sorted({r["seed"] for r in records if r.get("kind") == "final"}),
-        "dates": (min((r.get("started_at") for r in records), default=None), max((r.get("finished_at") for r in records), default=None)),
+        "dates": (min((r["started_at"] for r in records if r.get("started_at")), default=None),
+                  max((r["finished_at"] for r in records if r.get("finished_at")), default=None)),
         "storage": storage,
         "dashboard": f"optuna-dashboard --host 127.0.0.1 {storage}" if storage else None,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -412,22 +488,34 @@ def costs_display(costs: pd.DataFrame) -> pd.DataFrame:
 
 
 def reproduction_display(verdicts: list[dict]) -> pd.DataFrame:
-    """The reproduction table as printed: accuracies in percent to 0.01 pp."""
+    """The reproduction table as printed: accuracies in percent to 0.01 pp, each with how it was read."""
+    def pct(value, ci=None):
+        if value is None:
+            return "–"
+        return fmt(value * 100) + (f" ± {fmt(ci * 100)}" if ci is not None and not math.isnan(ci) else "")
+
     return pd.DataFrame([{
-        "dataset": v["dataset"], "arch": v["arch"], "method": v["method"], "source": v.get("source", ""),
-        "published (%)": fmt(v["test_accuracy"] * 100), "ours (%)": fmt(v["ours"] * 100) if v["ours"] is not None else "–",
-        "difference (pp)": fmt(v["diff_pp"]) if v["diff_pp"] is not None else "–",
-        "tolerance (pp)": fmt(v.get("tolerance", 0.01) * 100), "verdict": v["verdict"],
+        "dataset": v["dataset"], "arch": v["arch"], "method": v["method"],
+        "published (%)": fmt(v["test_accuracy"] * 100), "source": v.get("source", ""),
+        "how the paper read it": v["protocol"].replace("_", " "),
+        "ours, harness (%, best val epoch, mean ± 95% CI)": pct(v["ours"], v.get("ours_ci")),
+        "ours, read the paper's way (%)": pct(v.get("ours_protocol")) if v["protocol"] != "best_val" else "(same)",
+        "seeds": v.get("n", 0), "epochs": v.get("epochs") or "–", "machine": v.get("machine") or "–",
+        "verdict": v["verdict"],
     } for v in verdicts])
 
 
 def summary_table(rows: list[Row]) -> pd.DataFrame:
+    several = len({(r.experiment, r.machine) for r in rows}) > 1
     table = []
     for r in rows:
         base = baseline_for(rows, r)
-        entry = {"dataset": r.dataset, "arch": r.arch, "method": r.method, "n": r.n,
+        entry = {"dataset": r.dataset, "arch": r.arch, "method": r.method}
+        if several:
+            entry.update({"experiment": r.experiment, "machine": r.machine})
+        entry.update({"n": r.n,
                  "test acc (%)": fmt(r.acc * 100), "95% CI (± pp)": fmt(r.ci * 100),
-                 "converged": "yes" if not r.convergence.rising else r.convergence.phrase().replace("not converged at this budget: ", "no: ")}
+                 "converged": "yes" if not r.convergence.rising else r.convergence.phrase().replace("not converged at this budget: ", "no: ")})
         for key, label, unit, _ in METRICS:
             if key in r.values:
                 value, est, _src = r.values[key]
@@ -435,6 +523,88 @@ def summary_table(rows: list[Row]) -> pd.DataFrame:
                 entry[f"{label} ({unit})"] = fmt_cost(value) + ("†" if est else "") + (f" ({rel} vs BP)" if rel else "")
             else:
                 entry[f"{label} ({unit})"] = "–"
+        table.append(entry)
+    return pd.DataFrame(table)
+
+
+def depth_of(row: Row) -> int | None:
+    """The hidden-layer count of a row's MLP when its arch was built from a depth (mlp_depth.yaml)."""
+    arch = ((row.runs[0].get("config") or {}).get("arch") or {}) if row.runs else {}
+    return arch.get("depth")
+
+
+DEPTH_COLUMNS = [  # key in the scaling table, label with unit, where the figure comes from
+    ("activation_mib", "activation memory (MiB)", "bytes autograd saved for backward in one training step (saved-tensor hooks)"),
+    ("peak_mib", "peak memory (MiB)", "the run's peak: torch allocator peak on a GPU, process RSS growth on a CPU"),
+    ("epoch_s", "time per epoch (s)", "training time (meters' train window) / epochs run"),
+    ("acc_pct", "test accuracy (%)", "best-validation epoch, test set once"),
+]
+
+
+def depth_table(rows: list[Row]) -> pd.DataFrame:
+    """One line per method x depth for the rows built from a depth: the figures the scaling section
+    plots. Empty when fewer than two depths were run."""
+    table = []
+    for r in rows:
+        depth = depth_of(r)
+        if depth is None:
+            continue
+        epochs = [run["metrics"].get("epochs_run") or 0 for run in r.runs]
+        time = r.values.get("time_train", (math.nan,))[0]
+        table.append({
+            "method": r.method, "dataset": r.dataset, "machine": r.machine, "depth": int(depth),
+            "activation_mib": r.values.get("activation_memory", (math.nan,))[0],
+            "peak_mib": r.values.get("peak_memory", (math.nan,))[0],
+            "epoch_s": time / np.mean(epochs) if epochs and np.mean(epochs) else math.nan,
+            "acc_pct": r.acc * 100,
+        })
+    frame = pd.DataFrame(table)
+    if frame.empty or frame["depth"].nunique() < 2:
+        return pd.DataFrame()
+    frame["rank"] = [method_rank(m) for m in frame["method"]]
+    return frame.sort_values(["dataset", "rank", "depth"]).drop(columns="rank").reset_index(drop=True)
+
+
+def depth_display(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    shown = frame[["method", "dataset", "depth"]].copy()
+    for key, label, _ in DEPTH_COLUMNS:
+        shown[label] = [fmt(v) if key == "acc_pct" else fmt_cost(v) for v in frame[key]]
+    return shown
+
+
+def ratio(value, base) -> str:
+    """value / base as "1.23x", or "–" where either is missing."""
+    if value is None or base in (None, 0) or any(isinstance(v, float) and math.isnan(v) for v in (value, base)):
+        return "–"
+    return f"{fmt_cost(value / base)}x"
+
+
+def glance_table(rows: list[Row], significance: list[dict]) -> pd.DataFrame:
+    """The first screen: for every method that shares a cell with BP, whether it matches BP within
+    the seed noise, at what cost ratio (same machine), and how sure the comparison is."""
+    by_key = {(s["dataset"], s["arch"], s["method"], s["experiment"], s["machine"]): s for s in significance}
+    several = len({(r.experiment, r.machine) for r in rows}) > 1
+    table = []
+    for row in rows:
+        sig = by_key.get((row.dataset, row.arch, row.method, row.experiment, row.machine))
+        base = baseline_for(rows, row)
+        if sig is None or base is None:
+            continue
+        entry = {"method": row.method, "cell": f"{row.dataset}/{row.arch}"}
+        if several:
+            entry["experiment @ machine"] = f"{row.experiment} @ {row.machine}"
+        sure = ("no test: " + sig["verdict"]) if sig["budget_limited"] or math.isnan(sig["p_value"]) else \
+            f"Holm p = {sig['p_holm']:.2g} ({row.n} vs {base.n} seeds)"
+        entry.update({
+            "test acc vs BP (pp)": f"{sig['diff_pp']:+.2f}",
+            "verdict": sig["verdict"],
+            "how sure": sure,
+            "time / BP": ratio(row.values.get("time_train", (None,))[0], base.values.get("time_train", (None,))[0]),
+            "energy / BP": ratio(row.values.get("energy_train", (None,))[0], base.values.get("energy_train", (None,))[0]),
+            "peak memory / BP": ratio(row.values.get("peak_memory", (None,))[0], base.values.get("peak_memory", (None,))[0]),
+        })
         table.append(entry)
     return pd.DataFrame(table)
 

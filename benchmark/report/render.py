@@ -29,24 +29,49 @@ def method_notes(methods_seen: list[str]) -> list[dict]:
 
 
 CSS = """
-body { font-family: 'DejaVu Sans', Arial, sans-serif; font-size: 10pt; margin: 1.5em; color: #222; }
-h1 { font-size: 17pt; } h2 { font-size: 13pt; border-bottom: 1px solid #ccc; margin-top: 1.6em; }
+body { font-family: 'DejaVu Sans', Arial, sans-serif; font-size: 10pt; margin: 1.5em auto; max-width: 1150px;
+       padding: 0 1em; color: #222; line-height: 1.35; }
+h1 { font-size: 17pt; margin-bottom: 0.2em; } h2 { font-size: 13pt; border-bottom: 1px solid #ccc; margin-top: 1.6em; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 8pt; }
 th, td { border: 1px solid #bbb; padding: 2px 5px; text-align: left; vertical-align: top; }
 th { background: #eee; }
-img { max-width: 100%; }
-figure { margin: 0.8em 0; page-break-inside: avoid; }
+img { max-width: 100%; height: auto; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0.4em 0; page-break-inside: avoid; flex: 1 1 520px; max-width: 100%; }
 figcaption { font-size: 8pt; color: #555; }
 pre { white-space: pre-wrap; font-size: 7.5pt; background: #f7f7f7; padding: 0.5em; }
 .note { color: #555; font-size: 8.5pt; }
+.glance { background: #f5f8fc; border: 1px solid #c9d6e8; padding: 0.6em 1em; margin: 0.8em 0; }
+.glance h2 { margin-top: 0.2em; border: none; }
+.howto { font-size: 8.5pt; color: #333; }
+.howto li { margin: 0.15em 0; }
 @page { size: A4; margin: 12mm; }
+@media print { body { max-width: none; margin: 0; } figure { flex-basis: 100%; } }
 """
+
+HOW_TO_READ = [
+    "Each cell is one dataset and architecture; every method in it had the same tuning budget (trials x epochs) "
+    "and was then re-run on distinct seeds. BP on the same cell and machine is the reference.",
+    "\"Matches BP within the seed noise\" means Welch's t-test on the seeds' test accuracies, corrected with "
+    "Holm-Bonferroni over every comparison on the page, found no difference at the 5% level. It is not proof of "
+    "equality: with 3 seeds only differences of a few tenths of a point can show.",
+    "\"Budget too small to tell\" means a validation curve was still rising when the epochs ran out: no claim is "
+    "made either way; raise train.epochs (or tuning.max_epochs) to find out.",
+    "Cost ratios divide a method's mean by BP's on the same machine: 0.5x is half of BP's cost. Energy marked † "
+    "is an estimate (CodeCarbon), not a measurement; the Sources table names where every figure came from.",
+]
 
 
 def table_html(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "<p class='note'>(none)</p>"
     return frame.to_html(index=False, escape=True, border=0, na_rep="–")
+
+
+def figure_html(fig: dict) -> str:
+    caption = html.escape(fig["caption"])
+    return (f"<figure><img alt='{caption}' src='data:image/png;base64,{fig['data']}'>"
+            f"<figcaption>{caption}</figcaption></figure>")
 
 
 def render_html(ctx: dict) -> str:
@@ -57,6 +82,10 @@ def render_html(ctx: dict) -> str:
     parts.append(f"<p class='note'>{ctx['n_final']} final runs, {ctx['n_trials']} tuning trials, "
                  f"{ctx['n_failed']} failed or diverged runs. Generated {e(ctx['provenance']['generated'])}.</p>")
     parts.append(f"<p><b>{e(ctx['budget'])}</b></p>")
+    parts.append("<div class='glance'><h2>At a glance: each method against BP</h2>")
+    parts.append(table_html(ctx["glance"]) if not ctx["glance"].empty else
+                 "<p class='note'>No method shares a cell (dataset, architecture, machine) with BP here.</p>")
+    parts.append("<ul class='howto'>" + "".join(f"<li>{e(line)}</li>" for line in HOW_TO_READ) + "</ul></div>")
     limited = [r for r in ctx["rows"] if r.convergence.rising]
     if limited:
         parts.append("<p class='note'>Not converged at this budget (validation accuracy still rising over the final third of "
@@ -80,13 +109,26 @@ def render_html(ctx: dict) -> str:
                     "method's mean final test accuracy of these runs, which moves when a method is added." if relative else "")
                  + "</p>")
     parts.append(table_html(ctx["costs_table"]))
+    if not ctx["depth_table"].empty:
+        from benchmark.report.numbers import DEPTH_COLUMNS
+
+        parts.append("<h2>Scaling with depth</h2><p class='note'>Does a method's memory stay flat as layers are added, "
+                     "where it says it does, and at what time cost? BP with activation checkpointing (bp_checkpoint, "
+                     "dashed) is the fair memory baseline: BP can trade compute for memory too. The three memory "
+                     "figures differ, sometimes by a lot: " + "; ".join(f"<b>{e(label)}</b>: {e(src)}" for _, label, src in DEPTH_COLUMNS[:2])
+                     + ". On a CPU the process RSS includes the framework itself (about 0.8 GB here), so its changes "
+                     "with depth matter more than its level.</p>")
+        parts += [figure_html(fig) for fig in ctx["depth_figures"]]
+        parts.append(table_html(ctx["depth_table"]))
     if ctx["reproduction"]:
-        parts.append("<h2>Reproduction of published figures</h2>")
+        parts.append("<h2>Reproduction of published figures</h2><p class='note'>Ours is always the harness's figure "
+                     "(the best-validation epoch, then the test set once); where the runs recorded the test accuracy "
+                     "after every epoch, ours is also read the paper's way, and the verdict compares like with like. "
+                     "A paper that read its figure off the best test epoch selected on the test set.</p>")
         parts.append(table_html(reproduction_display(ctx["reproduction"])))
-    parts.append("<h2>Figures</h2>")
-    for fig in ctx["figures"]:
-        parts.append(f"<figure><img alt='{e(fig['caption'])}' src='data:image/png;base64,{fig['data']}'>"
-                     f"<figcaption>{e(fig['caption'])}</figcaption></figure>")
+    parts.append("<h2>Figures</h2><p class='note'>One colour per method in every figure (BP first).</p><div class='figures'>")
+    parts += [figure_html(fig) for fig in ctx["figures"]]
+    parts.append("</div>")
     parts += [f"<p class='note'>{e(n)}</p>" for n in ctx["optuna_notes"]]
     parts.append("<h2>Failures</h2>")
     parts.append(table_html(ctx["failures"]))

@@ -1,0 +1,117 @@
+"""Reports read at a glance and merge results folders: synthetic records with known figures, two
+experiments on two machines (issue 16, items 3 and 4)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from benchmark import report
+from benchmark.report import numbers
+from benchmark.report.figures import method_colour
+
+CPU = {"cpu_model": "Test CPU", "cpu_count": 2, "device": "cpu", "gpu_model": None}
+GPU = {"cpu_model": "Test CPU", "cpu_count": 16, "device": "cuda:0", "gpu_model": "Test GPU"}
+
+
+def run(method: str, seed: int, acc: float, seconds: float, env: dict, experiment: str, depth: int | None = None) -> dict:
+    arch = "mlp" if depth is None else f"mlp_d{depth}_w256"
+    return {
+        "kind": "final", "status": "completed", "experiment": experiment, "method": method, "arch": arch,
+        "dataset": "mnist", "seed": seed, "cell": f"{method}__{arch}__mnist", "environment": env,
+        "budget": {"n_trials": 2, "max_epochs": 4, "n_seeds": 3},
+        "config": {"train": {"patience": 0}, "arch": {"name": arch, "depth": depth}},
+        "metrics": {"test_accuracy": acc, "epochs_run": 4, "stop_reason": "max_epochs",
+                    "history": [{"epoch": i + 1, "val_accuracy": v, "test_accuracy": v - 0.001}
+                                for i, v in enumerate((0.95, 0.97, 0.975, 0.975))]},
+        "measurements": {"time_train": {"value": seconds, "unit": "s", "source": "meters", "estimated": False},
+                         "time_total": {"value": seconds + 5, "unit": "s", "source": "meters", "estimated": False}},
+    }
+
+
+def write(folder, records):
+    folder.mkdir(parents=True)
+    (folder / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def cell(env, experiment, bp_seconds, mf_seconds, mf_accs=(0.975, 0.976, 0.974)):
+    return ([run("bp", s, a, bp_seconds, env, experiment) for s, a in zip((1, 2, 3), (0.975, 0.976, 0.977))]
+            + [run("mf", s, a, mf_seconds, env, experiment) for s, a in zip((1, 2, 3), mf_accs)])
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    write(root / "cpu_run", cell(CPU, "cpu_run", bp_seconds=100.0, mf_seconds=50.0))
+    write(root / "gpu_run", cell(GPU, "gpu_run", bp_seconds=10.0, mf_seconds=40.0))
+    out = report.build([root / "cpu_run", root / "gpu_run"], tmp_path_factory.mktemp("report"), references=[], pdf=False)
+    return out
+
+
+def test_merged_report_keeps_each_machine_apart_and_ratios_within_a_machine(merged):
+    glance = pd.read_csv(merged / "glance.csv")
+    assert len(glance) == 2
+    by_machine = glance.set_index("experiment @ machine")["time / BP"]
+    # MF took half of BP's time on the CPU and four times BP's on the GPU: never 50 s / 10 s.
+    assert by_machine["cpu_run @ Test CPU, 2 threads (CPU)"] == "0.5x"
+    assert by_machine["gpu_run @ Test GPU (GPU)"] == "4x"
+    summary = pd.read_csv(merged / "summary.csv")
+    assert set(summary["machine"]) == {"Test CPU, 2 threads (CPU)", "Test GPU (GPU)"}
+    assert list(summary["method"]) == ["bp", "bp", "mf", "mf"]  # BP first
+
+
+def test_the_first_screen_answers_before_any_detail(merged):
+    page = (merged / "index.html").read_text()
+    glance, summary = page.index("At a glance"), page.index("<h2>Summary</h2>")
+    assert glance < summary
+    first_screen = page[glance:summary]
+    assert "matches BP within the seed noise" in first_screen  # MF's 97.50 vs BP's 97.60, three seeds each
+    assert "Holm p = " in first_screen and "time / BP" in first_screen
+    assert "budget too small to tell" in first_screen.lower()  # the reading guide says what it means
+
+
+def test_command_line_merges_folders(tmp_path):
+    write(tmp_path / "a", cell(CPU, "a", 100.0, 50.0))
+    write(tmp_path / "b", cell(CPU, "b", 90.0, 60.0))
+    report.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out"), "--no-pdf"])
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert set(summary["experiment"]) == {"a", "b"}  # same machine, two experiments: not pooled
+
+
+def test_a_missing_folder_is_one_clear_error(tmp_path, capsys):
+    write(tmp_path / "a", cell(CPU, "a", 100.0, 50.0))
+    with pytest.raises(SystemExit) as stop:
+        report.main([str(tmp_path / "a"), str(tmp_path / "nope"), "--no-pdf", "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert "nope is not a results folder" in capsys.readouterr().err
+
+
+def test_one_colour_per_method_in_a_stable_order():
+    assert method_colour("bp") == method_colour("bp")
+    colours = {m: method_colour(m) for m in ("bp", "ff", "mf", "cafo_rand", "pepita", "bp_checkpoint")}
+    assert len(set(colours.values())) == len(colours)
+    assert sorted(["mf", "bp", "ff"], key=numbers.method_rank) == ["bp", "ff", "mf"]
+
+
+def test_reproduction_reads_ours_the_papers_way_and_compares_like_with_like():
+    runs = cell(CPU, "repro", 10.0, 10.0, mf_accs=(0.980, 0.981, 0.979))
+    rows = numbers.summarise(runs)
+    refs = [{"method": "mf", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.976, "tolerance": 0.005,
+             "source": "x", "protocol": "best_test_epoch"},
+            {"method": "mf", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.985, "tolerance": 0.005,
+             "source": "y", "protocol": "final_epoch"}]
+    best_test, final = numbers.reproduction(rows, refs)
+    assert best_test["ours_protocol"] == pytest.approx(0.974)  # max of the per-epoch test accuracies
+    assert best_test["ours"] == pytest.approx(0.980)  # the harness's own figure is kept beside it
+    assert best_test["verdict"].startswith("within tolerance (-0.20 pp")
+    assert final["verdict"] == "below by 1.10 pp"
+
+
+def test_depth_scaling_table_one_line_per_method_and_depth():
+    runs = [run(m, 0, 0.97, 10.0 * d, CPU, "depth_scaling", depth=d) for m in ("bp", "ff") for d in (2, 4, 8)]
+    table = numbers.depth_table(numbers.summarise(runs))
+    assert list(table["method"]) == ["bp"] * 3 + ["ff"] * 3
+    assert list(table["depth"]) == [2, 4, 8, 2, 4, 8]
+    assert list(table["epoch_s"])[:3] == [5.0, 10.0, 20.0]  # time_train / epochs_run
+    assert numbers.depth_table(numbers.summarise(runs[:1])).empty

@@ -1,0 +1,77 @@
+"""Reproduction mode (issue 17): a paper's settings fixed, several distinct seeds, test accuracy per
+epoch recorded but never selecting, and the committed records readable when gzipped."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from benchmark import config, results, runner
+from benchmark.report import published_figures
+from tests.conftest import compose
+
+REPROS = sorted(p.stem for p in (config.CONFIG_DIR / "experiment").glob("repro_*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", REPROS)
+def test_a_reproduction_is_composed_from_the_mode_untuned_on_distinct_seeds(experiment, tmp_path):
+    raw = OmegaConf.load(config.CONFIG_DIR / "experiment" / f"{experiment}.yaml")
+    assert "repro" in raw.defaults  # composed from the mode, not copied
+    jobs = [j for j in config.preflight([f"experiment={experiment}", f"results_dir={tmp_path}"]) if j.supported]
+    assert jobs and {j.cfg.mode for j in jobs} == {"run"}
+    assert all(j.train.test_every_epoch and j.train.patience == 0 for j in jobs)
+    for cell in {(j.cfg.method.name, j.cfg.arch.name, j.cfg.dataset.name) for j in jobs}:
+        seeds = [j.cfg.seed for j in jobs if (j.cfg.method.name, j.cfg.arch.name, j.cfg.dataset.name) == cell]
+        assert len(seeds) >= 2 and len(set(seeds)) == len(seeds)
+    # every method it reproduces has its paper's figure, with how the paper read it
+    figures = {(f["method"], f["arch"], f["dataset"]): f for f in published_figures()}
+    for j in jobs:
+        if j.cfg.method.name != "bp":
+            figure = figures[(j.cfg.method.name, j.cfg.arch.name, j.cfg.dataset.name)]
+            assert figure.get("protocol") in ("final_epoch", "best_test_epoch", "best_val")
+
+
+def test_per_epoch_test_accuracy_is_recorded_and_never_selects(tmp_path):
+    job = compose("method=bp", "arch=mlp", "arch.widths=[32]", "dataset=digits", "train.epochs=6", "train.patience=0",
+                  "train.test_every_epoch=true", "measure.emissions=false", f"results_dir={tmp_path}")
+    record = runner.execute(job)
+    history = record["metrics"]["history"]
+    assert all(h["test_accuracy"] is not None for h in history)
+    best_val_epoch = max(history, key=lambda h: h["val_accuracy"])["epoch"]
+    assert record["metrics"]["best_epoch"] == best_val_epoch
+    # the reported figure is the best-validation epoch's test accuracy, whatever the best test epoch was
+    assert record["metrics"]["test_accuracy"] == pytest.approx(history[best_val_epoch - 1]["test_accuracy"])
+
+
+def test_off_by_default_and_in_tuning(tmp_path):
+    job = compose("method=bp", "arch=mlp", "arch.widths=[32]", "dataset=digits", "train.epochs=2",
+                  "measure.emissions=false", f"results_dir={tmp_path}")
+    assert not job.train.test_every_epoch
+    record = runner.execute(job)
+    assert all("test_accuracy" not in h for h in record["metrics"]["history"])
+
+
+def test_gzipped_records_are_read(tmp_path):
+    records = [{"kind": "run", "seed": s} for s in (0, 1)]
+    with gzip.open(tmp_path / "runs.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    assert results.read_records(tmp_path / "runs.jsonl") == records
+
+
+def test_a_batch_cut_short_resumes_without_rerunning_finished_runs(tmp_path):
+    from tests.conftest import run_cli
+
+    args = ("-m", "method=bp", "arch=mlp", "arch.widths=[32]", "dataset=digits", "train.epochs=1", "seed=0,1",
+            "mode=run", "resume=true", "measure.emissions=false", f"results_dir={tmp_path}", "experiment_name=r")
+    first = run_cli(*args[:6], "seed=0", *args[7:])  # the batch was stopped after seed 0
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "kept bp__mlp__digits seed=0: completed earlier" in second.stdout
+    records = results.read_records(tmp_path / "r" / "runs.jsonl")
+    assert sorted(r["seed"] for r in records) == [0, 1]  # seed 0 once, seed 1 added
+    third = run_cli(*args[:5], "train.epochs=2", *args[6:])  # a different budget is a different run
+    assert third.returncode == 0
+    assert len(results.read_records(tmp_path / "r" / "runs.jsonl")) == 4
