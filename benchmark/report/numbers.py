@@ -63,6 +63,13 @@ def machine_of(record: dict) -> str:
     return f"{env.get('cpu_model') or 'unknown CPU'}, {env.get('cpu_count') or '?'} threads (CPU)"
 
 
+def natural(text: str) -> list:
+    """Sort key that orders embedded numbers by value: mlp_d2 before mlp_d16."""
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def method_rank(name: str) -> tuple[int, str]:
     """The one order methods appear in everywhere: BP first, then by name."""
     return (0 if name == BASELINE else 1, name)
@@ -186,7 +193,7 @@ def summarise(runs: list[dict]) -> list[Row]:
                 values[key] = (float(np.mean(nums)) * scale, any(g[1] for g in got), next(g[2] for g in got if g[2]))
         rows.append(Row(dataset, arch, method, n, acc, ci, values, [r["seed"] for r in recs], accs, convergence(recs),
                         experiment, machine, recs))
-    return sorted(rows, key=lambda r: (r.dataset, r.arch, method_rank(r.method), r.experiment, r.machine))
+    return sorted(rows, key=lambda r: (r.dataset, natural(r.arch), method_rank(r.method), r.experiment, r.machine))
 
 
 def baseline_for(rows: list[Row], row: Row) -> Row | None:
@@ -595,8 +602,12 @@ def glance_table(rows: list[Row], significance: list[dict]) -> pd.DataFrame:
         entry = {"method": row.method, "cell": f"{row.dataset}/{row.arch}"}
         if several:
             entry["experiment @ machine"] = f"{row.experiment} @ {row.machine}"
-        sure = ("no test: " + sig["verdict"]) if sig["budget_limited"] or math.isnan(sig["p_value"]) else \
-            f"Holm p = {sig['p_holm']:.2g} ({row.n} vs {base.n} seeds)"
+        if sig["budget_limited"]:
+            sure = "no test: a curve was still rising"
+        elif math.isnan(sig["p_value"]):
+            sure = f"no test: {row.n} vs {base.n} seeds"
+        else:
+            sure = f"Holm p = {sig['p_holm']:.2g} ({row.n} vs {base.n} seeds)"
         entry.update({
             "test acc vs BP (pp)": f"{sig['diff_pp']:+.2f}",
             "verdict": sig["verdict"],
