@@ -115,3 +115,14 @@ def test_depth_scaling_table_one_line_per_method_and_depth():
     assert list(table["depth"]) == [2, 4, 8, 2, 4, 8]
     assert list(table["epoch_s"])[:3] == [5.0, 10.0, 20.0]  # time_train / epochs_run
     assert numbers.depth_table(numbers.summarise(runs[:1])).empty
+
+
+def test_same_experiment_on_two_machines_is_compared_within_each_machine(tmp_path):
+    # The usual case: `make bench` on a laptop and on a GPU box, the same experiment name in both.
+    write(tmp_path / "laptop" / "default", cell(CPU, "default", bp_seconds=100.0, mf_seconds=50.0))
+    write(tmp_path / "gpu" / "default", cell(GPU, "default", bp_seconds=10.0, mf_seconds=40.0))
+    out = report.build([tmp_path / "laptop" / "default", tmp_path / "gpu" / "default"], tmp_path / "out",
+                       references=[], pdf=False)
+    glance = pd.read_csv(out / "glance.csv").set_index("experiment @ machine")["time / BP"]
+    assert glance["default @ Test CPU, 2 threads (CPU)"] == "0.5x"
+    assert glance["default @ Test GPU (GPU)"] == "4x"
