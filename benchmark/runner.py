@@ -85,6 +85,7 @@ def execute(
     seed = cfg.seed if seed is None else seed
     hp = job.hp if hp is None else hp
     started = now()
+    environment.git_sha()  # read (and cached) now: a commit made while a long run trains is not its code
     data = load_data(job)
     train_cfg = train_settings(job, data)
     loop.seed_everything(seed)
