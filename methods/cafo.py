@@ -97,22 +97,26 @@ class FeatureStore:
         with torch.no_grad():
             probe = [h[0].shape for h in _block_outputs(blocks, x[:1])]
         self.shapes = probe
-        row_bytes = [torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size() for shape in probe]
-        self.kept_blocks: set[int] = set()
-        for i in reversed(range(len(blocks))):
-            if row_bytes[i] * len(x) <= budget_bytes:
-                self.kept_blocks.add(i)
-                budget_bytes -= row_bytes[i] * len(x)
-        self.nbytes = sum(row_bytes[i] * len(x) for i in self.kept_blocks)
+        itemsize = torch.tensor([], dtype=dtype).element_size()
+        row_items = [torch.Size(shape).numel() for shape in probe]
+        kept_blocks = set()
+        for i in reversed(range(len(blocks))):  # deepest first: the costliest to recompute
+            if row_items[i] * itemsize * len(x) <= budget_bytes:
+                kept_blocks.add(i)
+                budget_bytes -= row_items[i] * itemsize * len(x)
         self.kept: dict[int, torch.Tensor] = {
-            i: torch.empty(len(x), row_bytes[i] // torch.tensor([], dtype=dtype).element_size(), dtype=dtype, device=x.device)
-            for i in self.kept_blocks
+            i: torch.empty(len(x), row_items[i], dtype=dtype, device=x.device) for i in sorted(kept_blocks)
         }
+        self.nbytes = sum(t.numel() * itemsize for t in self.kept.values())
         with torch.no_grad():
             for start in range(0, len(x) if self.kept else 0, chunk):
                 for i, h in enumerate(_block_outputs(blocks, x[start : start + chunk])):
                     if i in self.kept:
                         self.kept[i][start : start + chunk] = h.flatten(1)
+
+    @property
+    def kept_blocks(self) -> set[int]:
+        return set(self.kept)
 
     def __len__(self) -> int:
         return len(self.x)

@@ -165,7 +165,7 @@ DEFECTS = [
            "compared = as_paper if as_paper is not None else ours.acc", "compared = ours.acc",
            "a reproduction verdict compares our best-validation figure with a paper's best-test-epoch figure"),
     Defect("cafo_cache_budget_ignored", "resources", "methods/cafo.py",
-           "            if row_bytes[i] * len(x) <= budget_bytes:", "            if True:",
+           "            if row_items[i] * itemsize * len(x) <= budget_bytes:", "            if True:",
            "CaFo's feature cache grows past its memory budget"),
 ]
 

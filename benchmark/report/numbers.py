@@ -7,6 +7,7 @@ reproduction verdicts, provenance, and the formatted tables the renderer prints.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -65,8 +66,6 @@ def machine_of(record: dict) -> str:
 
 def natural(text: str) -> list:
     """Sort key that orders embedded numbers by value: mlp_d2 before mlp_d16."""
-    import re
-
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
