@@ -9,6 +9,7 @@ PORT        ?= 8080
 HOST        ?= 127.0.0.1
 SHARED_DATA ?= ../shared/data
 TEST_WORKERS ?= auto
+WORKERS     ?= 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv data bench smoke test mutate report dashboard perf perf-overhead repro repro-report clean
@@ -30,8 +31,13 @@ data: ## lay out the offline datasets under DATA (when ../shared/data exists; el
 	@if [ -f $(SHARED_DATA)/prepare.py ]; then $(PY) $(SHARED_DATA)/prepare.py $(DATA); \
 	else echo "no $(SHARED_DATA): datasets will be downloaded into $(DATA) on first use"; fi
 
-bench: venv data ## the main job: experiment=$(EXPERIMENT) (tune, finals, report)
-	BPFREE_DATA=$(DATA) $(PY) -m benchmark experiment=$(EXPERIMENT) results_dir=$(RESULTS)
+# WORKERS > 1: grid cells in that many local processes (joblib; threads per worker = cores / WORKERS)
+# sharing one journal-file study storage, which takes concurrent writers.
+PARALLEL = $(if $(filter-out 1,$(WORKERS)),hydra/launcher=local_processes hydra.launcher.n_jobs=$(WORKERS) \
+           tuning.storage=journal:$(RESULTS)/$(EXPERIMENT)/optuna.journal)
+
+bench: venv data ## the main job: experiment=$(EXPERIMENT) (tune, finals, report); WORKERS=2 runs cells in parallel
+	BPFREE_DATA=$(DATA) $(PY) -m benchmark experiment=$(EXPERIMENT) results_dir=$(RESULTS) $(PARALLEL)
 	$(PY) -m benchmark.report $(RESULTS)/$(EXPERIMENT)
 	@echo "results: $(RESULTS)/$(EXPERIMENT)/runs.jsonl  report: reports/$(EXPERIMENT)/index.html"
 

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark import data as data_mod
 from benchmark import spec
+from benchmark.diagnostics import DiagnosticsConfig
 from benchmark.errors import UserError
 from benchmark.loop import TrainConfig
 from benchmark.meters import MeasureConfig
@@ -40,7 +41,7 @@ if not OmegaConf.has_resolver("repeat"):
 
 TOP_LEVEL = {
     "method", "arch", "dataset", "mode", "experiment_name", "seed", "device", "results_dir", "data", "train",
-    "measure", "tuning", "skip_unsupported", "resume", "experiment",
+    "measure", "tuning", "skip_unsupported", "resume", "experiment", "diagnostics",
 }
 
 
@@ -74,6 +75,7 @@ class Job:
     supported: bool = True
     batch_rule: BatchRule | None = None  # set when train.batch_size is None (the method's own)
     overrides: tuple[str, ...] = ()  # the command-line overrides it was composed from (preflight)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
 
 def build_method(job: Job, data, hp=None):
@@ -129,6 +131,7 @@ def check(cfg: DictConfig) -> Job:
         supported = False
     train = check_fields("train", TrainConfig, to_dict(cfg.train), "configs/config.yaml")
     measure = check_fields("measure", MeasureConfig, to_dict(cfg.measure), "configs/config.yaml")
+    diagnostics = check_fields("diagnostics", DiagnosticsConfig, to_dict(cfg.diagnostics), "configs/config.yaml")
     dataset = check_fields("dataset", DatasetSettings, to_dict(cfg.dataset), "configs/dataset/")
     data_mod.check_available(dataset.name, cfg.data.root, bool(cfg.data.download))
     device = resolve_device(str(cfg.device))
@@ -147,7 +150,8 @@ def check(cfg: DictConfig) -> Job:
 
         tuning = check_fields("tuning", TuningConfig, to_dict(cfg.tuning), "configs/config.yaml")
         storage.check_reachable(storage.storage_spec(cfg))
-    return Job(cfg, method_cls, hp, train, measure, device, settings, dataset, search_space, tuning, supported, batch_rule)
+    return Job(cfg, method_cls, hp, train, measure, device, settings, dataset, search_space, tuning, supported, batch_rule,
+               diagnostics=diagnostics)
 
 
 def resolve_native_arch(cfg: DictConfig) -> None:

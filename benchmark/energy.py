@@ -146,8 +146,10 @@ class NvmlEnergy:
         return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000.0
 
     # sampling thread (only where the counter is not supported)
-    def start_sampling(self) -> None:
-        if self.source != "nvml_power_sampling" or self._thread is not None:
+    def start_sampling(self, also_with_counter: bool = False) -> None:
+        """Sample power in a thread where there is no counter (or, for a side-by-side comparison
+        with the counter, also where there is one)."""
+        if (self.source != "nvml_power_sampling" and not also_with_counter) or self._thread is not None:
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._sample, daemon=True, name="nvml-power")
@@ -168,6 +170,9 @@ class NvmlEnergy:
 
     def read(self) -> float:
         return self.counter_j() if self.source == "nvml_energy_counter" else self._sampled_j
+
+    def sampled_j(self) -> float:
+        return self._sampled_j
 
 
 # ------------------------------------------------------------------------------------------------

@@ -142,8 +142,10 @@ def train(
     evaluate_test: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
     desc: str = "",
+    alignment=None,
 ) -> dict:
-    """Train `method` on `data` and return the run's metrics (see benchmark/results.py)."""
+    """Train `method` on `data` and return the run's metrics (see benchmark/results.py).
+    `alignment` (benchmark.diagnostics.Alignment, or None): measured at the steps it plans."""
     order = torch.Generator().manual_seed(seed)
     augment_rng = torch.Generator(device=data.train_x.device).manual_seed(seed)
     data = apply_speed_options(method, data, cfg)
@@ -155,6 +157,9 @@ def train(
     best_epoch, samples_seen, epoch_no = 0, 0, 0
     phases = method.phases(cfg.epochs)
     bar = progress_bar(sum(p.epochs for p in phases), desc)
+    step_no = 0  # over the whole run, for the diagnostics' schedule
+    if alignment is not None:
+        alignment.plan(sum(p.epochs for p in phases) * steps_per_epoch)
     try:
         for phase in phases:
             with meters.window("train"):
@@ -173,8 +178,13 @@ def train(
                         if data.augment == "crop_flip":
                             x = crop_flip(x, augment_rng, data.pad_value)
                         with autocast():
-                            loss = meters.train_step(lambda: method.train_step(x, y, idx), len(idx), method.modules.parameters())
+                            run_step = lambda: meters.train_step(lambda: method.train_step(x, y, idx), len(idx), method.modules.parameters())  # noqa: E731
+                            if alignment is not None and alignment.wants(step_no):
+                                loss = alignment.step(x, y, step_no, epoch_no, meters, run_step)
+                            else:
+                                loss = run_step()
                         loss_sum += loss.float()
+                        step_no += 1
                     train_loss = loss_sum.item() / steps_per_epoch  # the epoch's one sync
                 samples_seen += n
                 if not math.isfinite(train_loss):

@@ -79,8 +79,9 @@ class Meters:
     def __init__(self, cfg: MeasureConfig, device: torch.device):
         self.cfg = cfg
         self.device = device
-        self.seconds = {"train": 0.0, "eval": 0.0}
-        self.joules = {"train": 0.0, "eval": 0.0}
+        self.seconds = {"train": 0.0, "eval": 0.0, "diagnostics": 0.0}
+        self.joules = {"train": 0.0, "eval": 0.0, "diagnostics": 0.0}
+        self._excluded = [0.0, 0.0]  # diagnostics' seconds and joules so far, taken out of windows
         self.short_window_estimate = False
         self.notes: list[str] = []  # how `auto` chose its energy backend (recorded with the figure)
         self.energy = self._pick_energy_backend()
@@ -132,21 +133,47 @@ class Meters:
     @contextmanager
     def window(self, name: str):
         """Time and energy of one stretch of work, added to `name`'s totals."""
+        excluded_s, excluded_j = self._excluded
+        spent = [0.0, 0.0]
+        try:
+            with self._measured() as spent:
+                yield
+        finally:
+            self.seconds[name] += spent[0] - (self._excluded[0] - excluded_s)
+            self.joules[name] += spent[1] - (self._excluded[1] - excluded_j)
+
+    @contextmanager
+    def excluded(self):
+        """Work that is not the method's (diagnostics), inside or outside a window: its time and
+        energy are kept under "diagnostics" and taken out of the enclosing window's."""
+        spent = [0.0, 0.0]
+        try:
+            with self._measured() as spent:
+                yield
+        finally:
+            self.seconds["diagnostics"] += spent[0]
+            self.joules["diagnostics"] += spent[1]
+            self._excluded[0] += spent[0]
+            self._excluded[1] += spent[1]
+
+    @contextmanager
+    def _measured(self):
+        """[seconds, joules] of the block, filled in when it ends (the GPU synchronised at both edges)."""
+        spent = [0.0, 0.0]
         sync(self.device)
         e0 = self.energy.read() if self.energy else 0.0
         t0 = time.perf_counter()
         try:
-            yield
+            yield spent
         finally:
             sync(self.device)
-            dt = time.perf_counter() - t0
-            self.seconds[name] += dt
+            spent[0] = dt = time.perf_counter() - t0
             if self.energy:
                 de = self.energy.read() - e0
                 if de == 0.0 and isinstance(self.energy, NvmlEnergy) and dt < NvmlEnergy.COUNTER_PERIOD_S:
                     de = self.energy.power_w() * dt
                     self.short_window_estimate = True
-                self.joules[name] += de
+                spent[1] = de
 
     def elapsed(self) -> dict:
         """Totals so far, for the epoch records: seconds (train + eval), training seconds, joules."""
@@ -200,7 +227,7 @@ class Meters:
     # -- the record ----------------------------------------------------------------------------
     def summary(self, train_samples: int, epoch_seconds: list[float]) -> dict:
         sync(self.device)
-        total_s = time.perf_counter() - self._t0
+        total_s = time.perf_counter() - self._t0 - self.seconds["diagnostics"]
         clock = time_source(self.device)
         out = {
             "time_total": figure(total_s, "s", clock, False),
@@ -216,6 +243,11 @@ class Meters:
             src = "torch.utils.flop_counter.FlopCounterMode, one step x steps run"
             out["flops_train"] = figure(int(self.flops["train"]), "FLOP", src, False)
             out["flops_eval"] = figure(int(self.flops["eval"]), "FLOP", src, False)
+        if self.seconds["diagnostics"]:
+            out["time_diagnostics"] = figure(
+                self.seconds["diagnostics"], "s", clock, False,
+                note="diagnostics during training (alignment with BP), kept out of every other time and energy figure",
+            )
         out.update(self._memory_figures())
         if self.activation_bytes is not None:
             out["activation_memory"] = figure(
@@ -225,6 +257,8 @@ class Meters:
         emissions = self._stop_tracker()
         out.update(self._energy_figures(emissions, total_s))
         out.update(emissions.get("figures", {}))
+        if "emissions" in out and self.seconds["diagnostics"]:
+            out["emissions"]["note"] = f"includes {self.seconds['diagnostics']:.1f} s of diagnostics (CodeCarbon sees the whole process)"
         return out
 
     def _memory_figures(self) -> dict:
@@ -287,7 +321,7 @@ class Meters:
             }
         if "energy_j" in emissions and total_s > 0:
             # CodeCarbon gives one figure for the whole run; split it by time spent in each phase.
-            per_s = emissions["energy_j"] / total_s
+            per_s = emissions["energy_j"] / (total_s + self.seconds["diagnostics"])  # CodeCarbon saw them all
             src = "codecarbon_estimate (run total split by time)"
             extra = {"scope": "CPU+RAM model estimate"}
             if self.notes:

@@ -16,7 +16,12 @@ Every method, every trial, every final run writes the same record (schema versio
                      val_accuracy, val_loss, seconds}], extra (method-specific)
     measurements     {name: {value, unit, source, estimated, ...}}: energy_train, energy_eval,
                      emissions, time_total, time_train, time_eval, time_per_epoch, peak_memory,
-                     activation_memory, flops_train, flops_eval, throughput_train (see benchmark/meters.py)
+                     activation_memory, flops_train, flops_eval, throughput_train (see benchmark/meters.py);
+                     time_diagnostics where diagnostics ran during training
+    diagnostics      only with diagnostics.enabled (never for trials): alignment {layers: {name:
+                     {step, epoch, cosine, norm_ratio}}, empty: {name: why}, weight_alignment},
+                     probes {layer: figure}, robustness {clean, noise {sigma: figure}, fgsm {eps:
+                     figure}, attack}, seconds (see benchmark/diagnostics.py)
     data             name, sha256, canonical, canonical_basis, n_train/n_val/n_test, split seed, ...
     environment      git sha, package versions, python, device, CPU and GPU model, hostname
     started_at, finished_at   ISO 8601 UTC

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmark import data as data_mod
-from benchmark import environment, loop, results
+from benchmark import diagnostics, environment, loop, results
 from benchmark.config import Job, build_method, to_dict
 from benchmark.meters import Meters
 
@@ -90,10 +90,15 @@ def execute(
     train_cfg = train_settings(job, data)
     loop.seed_everything(seed)
     meters = None
+    watch = job.diagnostics.enabled and kind != "trial"  # never in tuning: a trial's cost is the method's
+    alignment = None
     try:
         method = build_method(job, data, hp)
         meters = Meters(job.measure, job.device)
-        outcome = loop.train(method, data, train_cfg, meters, seed, evaluate_test, on_epoch, desc=cell_name(cfg))
+        if watch:
+            alignment = diagnostics.Alignment(method, job.diagnostics.alignment_points)
+        outcome = loop.train(method, data, train_cfg, meters, seed, evaluate_test, on_epoch, desc=cell_name(cfg),
+                             alignment=alignment)
     except loop.Pruned:
         raise
     except Exception as err:  # noqa: BLE001 - any fault in a trial is recorded, the sweep goes on
@@ -108,6 +113,11 @@ def execute(
         metrics = outcome["metrics"]
         epoch_seconds = [h["seconds"] for h in metrics.get("history", [])]
         measurements = meters.summary(metrics.get("train_samples", 0), epoch_seconds)
+    diagnosed = None
+    if alignment is not None and outcome["status"] == "completed":
+        # After the summary: the end-of-training diagnostics are in no figure of the method's.
+        diagnosed = {"alignment": alignment.result(), "alignment_seconds": measurements.get("time_diagnostics"),
+                     **diagnostics.end_of_training(method, data, job.diagnostics, seed, min(train_cfg.eval_batch_size, 500))}
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["method"]["hp"] = dict(vars(hp))
     resolved["train"]["batch_size"] = train_cfg.batch_size
@@ -137,6 +147,8 @@ def execute(
         "started_at": started,
         "finished_at": now(),
     }
+    if diagnosed is not None:
+        record["diagnostics"] = diagnosed
     if write:
         results.append(results.runs_file(cfg.results_dir, cfg.experiment_name), record)
     return record

@@ -140,6 +140,50 @@ class Method:
         """Method-specific figures recorded with the run (e.g. per-layer accuracies)."""
         return {}
 
+    # -- what the diagnostics read (benchmark/diagnostics.py; off unless asked for) ---------------
+    bp_comparable: ClassVar[bool] = True  # False: no end-to-end CE gradient to compare with (say why)
+    alignment_note: ClassVar[str] = ""
+    attack_note: ClassVar[str] = "FGSM differentiates the method's prediction (`predict`) by autograd"
+    representations_note: ClassVar[str] = ""  # why `representations` is empty, where it is
+    _update_sink = None  # set by the diagnostics while they watch one step; None otherwise
+
+    def differentiable_scores(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The class scores `predict` gives, as a differentiable function of x and every trained
+        parameter: the loss whose end-to-end BP gradient the alignment compares with, and what
+        FGSM differentiates. Default: `predict` with autograd on (override where predict runs
+        under no_grad). None where the prediction is not differentiable."""
+        with torch.enable_grad():
+            return self.predict(x)
+
+    def representations(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """Each trained layer's or block's output for x (name, tensor), for the per-layer linear
+        probes. Default: the outputs of `self.modules["blocks"]` or of a `net` with blocks."""
+        if "blocks" in self.modules:
+            blocks = self.modules["blocks"]
+        elif "net" in self.modules:
+            blocks = getattr(self.modules["net"], "blocks", None)
+        else:
+            blocks = None
+        if blocks is None:
+            return []
+        out, h = [], x
+        for i, block in enumerate(blocks):
+            h = block(h)
+            out.append((f"block{i}", h))
+        return out
+
+    def feedback_pairs(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(layer, forward weight, fixed feedback matrix of its shape) for BioTorch's weight
+        alignment; empty unless the method sends errors through fixed feedback weights."""
+        return []
+
+    def hand_over(self, params: list[nn.Parameter], signals: list[torch.Tensor]) -> None:
+        """A method that updates parameters by hand (no optimizer) calls this with the gradient
+        signal it is about to apply, before any momentum or learning rate: the diagnostics read
+        it here. Free when nothing watches."""
+        if self._update_sink is not None:
+            self._update_sink(params, signals)
+
     # -- state, for early stopping's restore ----------------------------------------------------
     def state_dict(self) -> dict:
         return {k: v.detach().clone() for k, v in self.modules.state_dict().items()}

@@ -288,6 +288,15 @@ class CaFoBase(Method):
         # Scores whose argmax is the summed vote and whose softmax is a usable val loss.
         return torch.log(probs / len(feats) + 1e-12)
 
+    attack_note = ("FGSM differentiates CaFo's prediction, the log of the predictors' mean vote, by autograd through "
+                   "the blocks (computed afresh, not from the evaluation cache)")
+
+    def differentiable_scores(self, x):
+        with torch.enable_grad():
+            feats = [h.flatten(1) for h in _block_outputs(self.modules["blocks"], x)]
+            probs = sum(self.vote(p(f)) for f, p in zip(feats, self.modules["predictors"]))
+            return torch.log(probs / len(feats) + 1e-12)
+
     def units(self):
         units = {f"predictor{i}": list(p.parameters()) for i, p in enumerate(self.modules["predictors"])}
         units.update({f"block{i}": list(b.parameters()) for i, b in enumerate(self.modules["blocks"])})

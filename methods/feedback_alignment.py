@@ -134,6 +134,10 @@ class FeedbackAlignment(FeedbackBase):
             feedback.append(b)
         return feedback
 
+    def feedback_pairs(self):
+        """Layer i+1's forward weight and the B_i that replaces its transpose."""
+        return [(f"layer{i + 1}", layer.weight, b) for i, (layer, b) in enumerate(zip(self.layers[1:], self.feedback))]
+
     def send_down(self, delta: torch.Tensor, b: torch.Tensor, below_shape: torch.Size, layer: nn.Module) -> torch.Tensor:
         """delta (error at a layer's pre-activation) through B instead of W^T."""
         if isinstance(layer, nn.Conv2d):

@@ -202,11 +202,18 @@ class ForwardForward(Method):
         """Unnormalised activations of every layer for already-labelled flat inputs z."""
         return list(self.layer_activations(z))
 
+    def neutral_activations(self, x) -> list[torch.Tensor]:
+        """Every layer's RMS-normalised activations for x with the neutral label (0.1 for each class)."""
+        neutral = torch.full((len(x), self.num_classes), 1.0 / self.num_classes, device=x.device)
+        return [rms_normalise(a) for a in self.layer_activations(self.with_label(x, neutral))]
+
+    def readout_features(self, x):
+        acts = self.neutral_activations(x)
+        return torch.cat([acts[i] for i in self.readout_layers], dim=1)
+
     @torch.no_grad()
     def neutral_features(self, x):
-        neutral = torch.full((len(x), self.num_classes), 1.0 / self.num_classes, device=x.device)
-        acts = self.activations(self.with_label(x, neutral))
-        return torch.cat([rms_normalise(acts[i]) for i in self.readout_layers], dim=1)
+        return self.readout_features(x)
 
     def goodness_scores(self, x):
         """(N, C) goodness summed over the voting layers, all C labels in one batched pass."""
@@ -224,6 +231,22 @@ class ForwardForward(Method):
             width = sum(self.modules["layers"][i].out_features for i in self.readout_layers)
             return self.goodness_scores(x) / width
         return self.modules["classifier"](self.neutral_features(x))
+
+    # -- what the diagnostics read -------------------------------------------------------------
+    bp_comparable = False
+    alignment_note = ("FF's layers are trained for goodness, not for the read-out's cross-entropy, and the read-out "
+                      "trains on detached features: no layer has a BP-comparable loss")
+    attack_note = ("FGSM differentiates FF's prediction: the read-out's logits on the neutral-label activations "
+                   "(hp.predict=goodness: the summed goodness of every candidate label), by autograd through the layers")
+
+    def differentiable_scores(self, x):
+        with torch.enable_grad():
+            if self.hp.predict == "goodness":
+                return self.predict(x)
+            return self.modules["classifier"](self.readout_features(x))
+
+    def representations(self, x):
+        return [(f"layer{i}", a) for i, a in enumerate(self.neutral_activations(x))]
 
     def units(self):
         units = {f"layer{i}": list(layer.parameters()) for i, layer in enumerate(self.modules["layers"])}

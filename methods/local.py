@@ -121,6 +121,13 @@ class LocalLearning(Method):
             h = stage(h)
         return self.modules["heads"][-1](h)
 
+    def representations(self, x):
+        out, h = [], x
+        for k, stage in enumerate(self.modules["stages"]):
+            h = stage(h)
+            out.append((f"module{k}", h))
+        return out
+
     def extra_metrics(self):
         return {"modules": len(self.modules["stages"])}
 

@@ -99,6 +99,20 @@ class MonoForward(Method):
         top = self.active[-1]
         return self.modules["projections"][top](self.forward_through(x, top + 1))
 
+    def differentiable_scores(self, x):
+        top, h = self.active[-1], x.flatten(1)
+        with torch.enable_grad():
+            for layer in self.modules["layers"][: top + 1]:
+                h = F.relu(layer(h))
+            return self.modules["projections"][top](h)
+
+    def representations(self, x):
+        out, h = [], x.flatten(1)
+        for i, layer in enumerate(self.modules["layers"]):
+            h = F.relu(layer(h))
+            out.append((f"layer{i}", h))
+        return out
+
     def units(self):
         return {
             f"layer{i}": [*layer.parameters(), *proj.parameters()]

@@ -122,6 +122,7 @@ class PEPITA(Method):
         return F.cross_entropy(torch.log(out.clamp_min(1e-12)), y)
 
     def apply_updates(self, grads: list[torch.Tensor]) -> None:
+        self.hand_over([layer.weight for layer in self.modules["layers"]], grads)
         lr = self.hp.lr * schedule_factor(self.hp.schedule, self.steps_done, self.total_steps)
         for layer, v, g in zip(self.modules["layers"], self.velocity, grads):
             v.mul_(self.hp.momentum).add_(g, alpha=lr)  # the reference's momentum: v = m v + lr dW
@@ -132,6 +133,15 @@ class PEPITA(Method):
     def predict(self, x):
         _, out = self.run(x.flatten(1), None)
         return torch.log(out.clamp_min(1e-12))
+
+    def differentiable_scores(self, x):
+        with torch.enable_grad():
+            _, out = self.run(x.flatten(1), None)
+            return torch.log(out.clamp_min(1e-12))
+
+    def representations(self, x):
+        hidden, _ = self.run(x.flatten(1), None)
+        return [(f"layer{i}", h) for i, h in enumerate(hidden)]
 
     def units(self):
         return {f"layer{i}": list(layer.parameters()) for i, layer in enumerate(self.modules["layers"])}

@@ -9,10 +9,11 @@ from benchmark import config
 EXPERIMENTS = sorted(p.stem for p in (config.CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if not e.startswith("repro")])
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if not e.startswith(("repro", "diagnostics"))])
 def test_experiment_pairs_every_method_with_bp_on_the_same_arch(experiment, tmp_path):
     # (Reproductions run a paper's own settings, BP only where the paper compares with it;
-    # tests/test_reproduction.py checks them.)
+    # tests/test_reproduction.py checks them. Diagnostics experiments compare each method with
+    # BP's gradient on the method's own network, not with a BP run; tests/test_diagnostics.py.)
     jobs = [j for j in config.preflight([f"experiment={experiment}", f"results_dir={tmp_path}"]) if j.supported]
     cells = {(j.cfg.method.name, j.cfg.arch.name, j.cfg.dataset.name) for j in jobs}
     assert any(m != "bp" for m, _, _ in cells)

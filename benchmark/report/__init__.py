@@ -39,9 +39,10 @@ import pandas as pd
 
 from benchmark import results
 from benchmark.storage import redact
-from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_cost_to_target, plot_costs, plot_depth_scaling,
-                                      plot_learning_curves, plot_optuna, plot_profiles)
-from benchmark.report.numbers import (TARGET_FRACTION, budget_summary, cost_to_target, costs_display, fixed_targets, failures_table, final_runs,
+from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_alignment, plot_cost_to_target, plot_costs,
+                                      plot_depth_scaling, plot_learning_curves, plot_optuna, plot_probes, plot_profiles)
+from benchmark.report.numbers import (TARGET_FRACTION, alignment_table, budget_summary, cost_to_target, costs_display, fixed_targets,
+                                      failures_table, final_runs, probes_table, robustness_table,
                                       depth_display, depth_table, glance_table, provenance,
                                       reproduction, significance_sentences, sources_table, summarise, summary_table,
                                       targets_per_dataset)
@@ -111,6 +112,10 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
     depths = depth_table(rows)
     depth_figures = Figures(out)
     plot_depth_scaling(depths, depth_figures)
+    learning = {"alignment": alignment_table(runs), "probes": probes_table(runs), "robustness": robustness_table(runs)}
+    learning_figures = Figures(out)
+    plot_alignment(runs, learning_figures)
+    plot_probes(learning["probes"], learning_figures)
     storage = find_storage(run_dirs[0], records)
     studies = sorted({(r.get("trial") or {}).get("study") for r in records} - {None})
     optuna_notes = plot_optuna(storage, studies, figs)
@@ -120,7 +125,7 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
     ctx = {
         "experiment": experiment, "summary": summary, "rows": rows, "budget": budget_summary(records),
         "significance": significance, "figures": figs.items, "depth_table": depth_display(depths),
-        "depth_figures": depth_figures.items, "glance": glance_table(rows, significance),
+        "depth_figures": depth_figures.items, "learning": learning, "learning_figures": learning_figures.items, "glance": glance_table(rows, significance),
         "costs_table": costs_table, "targets": targets, "target_fraction": target_fraction,
         "relative_targets": sorted(set(targets) - set(fixed)),
         "reproduction": reproduction(rows, references), "failures": failures_table(records),
@@ -135,6 +140,9 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
     ctx["glance"].to_csv(out / "glance.csv", index=False)
     if not depths.empty:
         depths.to_csv(out / "depth_scaling.csv", index=False)
+    for name, table in learning.items():
+        if not table.empty:
+            table.to_csv(out / f"diagnostics_{name}.csv", index=False)
     pd.DataFrame(ctx["reproduction"]).to_csv(out / "reproduction.csv", index=False)
     ctx["failures"].to_csv(out / "failures.csv", index=False)
     page = redact(render_html(ctx))  # a storage URL's password never reaches the page

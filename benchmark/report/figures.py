@@ -228,3 +228,48 @@ def plot_optuna(storage: str | None, studies: list[str], figs: Figures) -> list[
 
 # ------------------------------------------------------------------------------------------------
 # Reproduction and provenance
+
+
+def plot_alignment(runs: list[dict], figs: Figures) -> None:
+    """One small panel per diagnosed run: each layer's cosine with BP's gradient over training."""
+    from benchmark.report.numbers import diagnosed_runs
+
+    shown = [r for r in diagnosed_runs(runs) if r["diagnostics"]["alignment"]["layers"]]
+    if not shown:
+        return
+    plt = _plt()
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
+    for ax, run in zip(axes.flat, shown):
+        layers = run["diagnostics"]["alignment"]["layers"]
+        shades = np.linspace(0.35, 1.0, len(layers))
+        for shade, (layer, series) in zip(shades, layers.items()):
+            ax.plot(series["step"], series["cosine"], marker=".", color=method_colour(run["method"]), alpha=shade, label=layer)
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.set_title(f"{run['method']} ({run['arch']})", fontsize=9)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.set_ylim(-1.05, 1.05)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("cosine with BP's gradient")
+    fig.tight_layout()
+    figs.add(fig, "alignment", "Alignment with BP over training: the cosine between each layer's update signal and "
+             "end-to-end BP's gradient on the same batch at the same weights (darker: deeper layer).")
+
+
+def plot_probes(table: pd.DataFrame, figs: Figures) -> None:
+    """Per-layer read-out profile: linear-probe test accuracy against layer depth, one line per method."""
+    if table.empty:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for (method, arch), part in sorted(table.groupby(["method", "arch"]), key=lambda kv: method_rank(kv[0][0])):
+        mean = part.groupby("depth")["probe accuracy (%)"].mean()
+        ax.plot(mean.index, mean.values, marker="o", color=method_colour(method), label=f"{method} ({arch})")
+    ax.set_xlabel("layer (1 = first)")
+    ax.set_ylabel("linear probe test accuracy (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    figs.add(fig, "probes", "Per-layer read-outs: where each method makes its accuracy, and whether deeper layers add to it.")

@@ -634,3 +634,67 @@ def failures_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{"kind": r.get("kind"), "cell": r.get("cell"), "seed": r.get("seed"),
                           "trial": (r.get("trial") or {}).get("number"), "status": r["status"], "reason": r.get("error")}
                          for r in bad])
+
+
+# ------------------------------------------------------------------------------------------------
+# How each method learns (runs recorded with diagnostics on; benchmark/diagnostics.py)
+
+
+def diagnosed_runs(runs: list[dict]) -> list[dict]:
+    """The runs that carry diagnostics, BP first."""
+    found = [r for r in runs if r.get("diagnostics")]
+    return sorted(found, key=lambda r: (method_rank(r["method"]), r["dataset"], natural(r["arch"]), r["seed"]))
+
+
+def _final_epoch_mean(series: dict) -> float | None:
+    """Mean of a layer's alignment cosines at the points measured in the run's last epoch."""
+    last = max(series["epoch"])
+    values = [c for c, e in zip(series["cosine"], series["epoch"]) if e == last and c is not None]
+    return sum(values) / len(values) if values else None
+
+
+def alignment_table(runs: list[dict]) -> pd.DataFrame:
+    """Per run: the mean final-epoch cosine with BP of its first and last layers that have one,
+    the final weight-alignment angle where there is one, and why layers were left empty."""
+    rows = []
+    for r in diagnosed_runs(runs):
+        al = r["diagnostics"]["alignment"]
+        layers = list(al["layers"])
+        first = _final_epoch_mean(al["layers"][layers[0]]) if layers else None
+        last = _final_epoch_mean(al["layers"][layers[-1]]) if layers else None
+        angles = (al.get("weight_alignment") or {}).get("layers", {})
+        rows.append({
+            "method": r["method"], "dataset": r["dataset"], "arch": r["arch"], "seed": r["seed"],
+            "first layer": layers[0] if layers else "",
+            "cos first (final epoch)": first,
+            "last layer": layers[-1] if len(layers) > 1 else "",
+            "cos last (final epoch)": last if len(layers) > 1 else None,
+            "weight angle, final (deg)": ", ".join(f"{k}: {v['angle'][-1]:.1f}" for k, v in angles.items()) or "",
+            "empty (why)": "; ".join(sorted({why for why in al["empty"].values()})),
+        })
+    return pd.DataFrame(rows)
+
+
+def probes_table(runs: list[dict]) -> pd.DataFrame:
+    """Per run and layer: the linear probe's test accuracy (%), in the layers' order."""
+    rows = []
+    for r in diagnosed_runs(runs):
+        for depth, (layer, fig) in enumerate((k, v) for k, v in r["diagnostics"]["probes"].items() if isinstance(v, dict)):
+            rows.append({"method": r["method"], "dataset": r["dataset"], "arch": r["arch"], "seed": r["seed"],
+                         "depth": depth + 1, "layer": layer, "probe accuracy (%)": fig["value"] * 100})
+    return pd.DataFrame(rows)
+
+
+def robustness_table(runs: list[dict]) -> pd.DataFrame:
+    """Per run: clean accuracy and accuracy under each noise sigma and FGSM eps (%, pixel units)."""
+    rows = []
+    for r in diagnosed_runs(runs):
+        rb = r["diagnostics"]["robustness"]
+        row = {"method": r["method"], "dataset": r["dataset"], "arch": r["arch"], "seed": r["seed"],
+               "clean (%)": rb["clean"]["value"] * 100}
+        for sigma, fig in rb["noise"].items():
+            row[f"noise σ={sigma} (%)"] = None if fig["value"] is None else fig["value"] * 100
+        for eps, fig in rb["fgsm"].items():
+            row[f"FGSM ε={eps} (%)"] = None if fig["value"] is None else fig["value"] * 100
+        rows.append(row)
+    return pd.DataFrame(rows)

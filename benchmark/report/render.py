@@ -74,6 +74,36 @@ def figure_html(fig: dict) -> str:
             f"<figcaption>{caption}</figcaption></figure>")
 
 
+def learning_section(tables: dict, figures: list[dict]) -> list[str]:
+    """"How each method learns": alignment with BP, per-layer read-outs, robustness, each with its
+    one-line reading guide (runs recorded with diagnostics on)."""
+    by_name = {fig["name"]: fig for fig in figures}
+    parts = ["<h2>How each method learns</h2><p class='note'>Diagnostics (benchmark/diagnostics.py), measured apart "
+             "from training: their time is in no figure above, and turning them on does not change a weight.</p>"]
+    if not tables["alignment"].empty:
+        parts.append("<h3>Alignment with backprop</h3><p class='note'>How to read: a cosine of 1 means the layer's update "
+                     "points where BP's gradient does on the same batch (BP itself is 1); 0 means unrelated; a rising line "
+                     "means the method learns to follow BP. An empty layer has no BP-comparable loss, and the table says why. "
+                     "The weight angle (feedback alignment) falls as the forward weights come to align with the fixed "
+                     "feedback matrices.</p>")
+        if "alignment" in by_name:
+            parts.append(figure_html(by_name["alignment"]))
+        parts.append(table_html(tables["alignment"]))
+    if not tables["probes"].empty:
+        parts.append("<h3>Per-layer read-outs</h3><p class='note'>How to read: the test accuracy of a linear probe on each "
+                     "layer's representation after training; a line that keeps rising means deeper layers add separable "
+                     "information, a flat or falling one that the accuracy is made early.</p>")
+        if "probes" in by_name:
+            parts.append(figure_html(by_name["probes"]))
+        parts.append(table_html(tables["probes"]))
+    if not tables["robustness"].empty:
+        parts.append("<h3>Robustness</h3><p class='note'>How to read: test accuracy on the same test images under Gaussian "
+                     "input noise and under FGSM, both in pixel units of the [0, 1] image; compare each column with the clean "
+                     "one and with BP's row. FGSM differentiates each method's own prediction (its method note says how).</p>")
+        parts.append(table_html(tables["robustness"]))
+    return parts
+
+
 def render_html(ctx: dict) -> str:
     e = html.escape
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>bpfree-bench: {e(ctx['experiment'])}</title>"
@@ -120,6 +150,9 @@ def render_html(ctx: dict) -> str:
                      "with depth matter more than its level.</p>")
         parts += [figure_html(fig) for fig in ctx["depth_figures"]]
         parts.append(table_html(ctx["depth_table"]))
+    learning = ctx.get("learning") or {}
+    if any(not t.empty for t in learning.values()):
+        parts += learning_section(learning, ctx["learning_figures"])
     if ctx["reproduction"]:
         parts.append("<h2>Reproduction of published figures</h2><p class='note'>Ours is always the harness's figure "
                      "(the best-validation epoch, then the test set once); where the runs recorded the test accuracy "
