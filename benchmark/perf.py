@@ -12,6 +12,8 @@ over several repeats; the table reports medians. Sections:
   fixed cost of a run (config, build, meters, the first step's counting, final validation, record)
   is reported apart, in seconds: on a GPU an MNIST epoch is under a second, and a one-epoch ratio
   would be mostly that fixed cost.
+- loop: the harness step's parts one by one (inline step, loss sum, the method's train_step,
+  Meters.train_step), each as a ratio to the bare inline epoch.
 - energy (CUDA only): the same BP epochs read by NVML's energy counter and by NVML power sampled
   every 0.1 s and integrated, side by side: how far the fallback backend is from the counter.
 - data: a harness epoch vs the usual torchvision Dataset + DataLoader pipeline (ToTensor,
@@ -212,6 +214,48 @@ def section_overhead(repeats: int, epochs: int) -> None:
          f"fixed costs included; {epochs} epochs")
 
 
+def section_loop(repeats: int) -> None:
+    """Where the harness loop's per-step cost is, part by part: one BP epoch as the bare step inline,
+    with the epoch's loss sum, through `BP.train_step`, and through `Meters.train_step` with the
+    loss sum (what loop.train does per step), interleaved. Meant for launch-bound GPUs, where a
+    few Python calls a step could show."""
+    from benchmark.meters import Meters as _Meters
+
+    data, source = mnist_or_synthetic(None)
+    data = on_device(data, DEVICE)
+    meters = _Meters(MeasureConfig(energy="none", emissions=False, flops=False), DEVICE)
+
+    def variant(name: str):
+        torch.manual_seed(0)
+        method = bp_method(data)
+        net, opt = method.modules["net"], method.optimizer
+        order = torch.Generator().manual_seed(0)
+
+        def epoch():
+            loss_sum = torch.zeros((), device=DEVICE)
+            for idx in batches(len(data.train_y), 128, order, DEVICE):
+                x, y = data.train_x[idx], data.train_y[idx]
+                if name.startswith("inline"):
+                    loss = F.cross_entropy(net(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                elif name == "BP.train_step":
+                    loss = method.train_step(x, y, idx)
+                else:
+                    loss = meters.train_step(lambda: method.train_step(x, y, idx), len(idx), method.modules.parameters())
+                if name.endswith("sum"):
+                    loss_sum += loss.detach().float()
+
+        return epoch
+
+    names = ["inline", "inline + loss sum", "BP.train_step", "Meters.train_step + loss sum"]
+    med = interleaved({n: variant(n) for n in names}, repeats)
+    note = f"BP MLP 2x1000, one epoch of {source}, median of {repeats}, {DEVICE.type}"
+    for n in names[1:]:
+        emit("loop", f"{n} / inline", med[n] / med["inline"], "ratio", note)
+
+
 def section_energy(repeats: int) -> None:
     """On CUDA: the same BP epochs read by NVML's energy counter and by power sampled every 0.1 s
     and integrated, side by side in one process (the two backends `measure.energy=auto` picks from)."""
@@ -403,7 +447,7 @@ def section_options(n_train: int, repeats: int) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("overhead", "energy", "data", "methods", "reference", "options"))
+    parser.add_argument("--only", choices=("overhead", "loop", "energy", "data", "methods", "reference", "options"))
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-train", type=int, default=10000, help="images for the methods and reference sections")
@@ -418,6 +462,7 @@ def main(argv=None) -> None:
     print(f"{'section':10s} {'item':58s} {'value':>12s} {'unit':10s} note")
     sections = {
         "overhead": lambda: section_overhead(args.repeats, args.overhead_epochs or (4 if DEVICE.type == "cuda" else 2)),
+        "loop": lambda: section_loop(args.repeats),
         "energy": lambda: section_energy(args.repeats),
         "data": lambda: section_data(args.repeats),
         "methods": lambda: method_throughput(args.n_train),
