@@ -217,7 +217,8 @@ class Alignment:
                       "Method.differentiable_scores, same weights, same batch",
             "unit": "cosine: 1; norm_ratio: ours / BP",
             "points": sorted(self.at),
-            "layers": {layer: self.series[layer] for layer in self.layers if layer in self.series},  # network order
+            "layers": self.series,
+            "order": [layer for layer in self.layers if layer in self.series],  # network order (records sort keys)
             "empty": dict(self.empty),
         }
         for layer in self.layers:

@@ -87,6 +87,7 @@ def test_alignment_leaves_layers_without_a_bp_loss_empty_with_the_reason(job_fac
     _, _, alignment, _ = run(local_job, alignment_points=3, epochs=1)
     result = alignment.result()
     assert "stages.0.0.1" in result["layers"]  # the first block's linear layer: BP of the prediction reaches it
+    assert result["order"][0].startswith("stages.0") and result["order"][-1].startswith("heads.")  # network order
     first_head = [why for layer, why in result["empty"].items() if layer.startswith("heads.0.")]
     assert first_head and all("prediction path" in why for why in first_head)  # its auxiliary head: BP does not
 

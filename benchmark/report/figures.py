@@ -242,7 +242,8 @@ def plot_alignment(runs: list[dict], figs: Figures) -> None:
     rows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
     for ax, run in zip(axes.flat, shown):
-        layers = run["diagnostics"]["alignment"]["layers"]
+        alignment = run["diagnostics"]["alignment"]
+        layers = {name: alignment["layers"][name] for name in alignment.get("order") or alignment["layers"]}
         shades = np.linspace(0.35, 1.0, len(layers))
         for shade, (layer, series) in zip(shades, layers.items()):
             ax.plot(series["step"], series["cosine"], marker=".", color=method_colour(run["method"]), alpha=shade, label=layer)

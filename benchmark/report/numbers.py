@@ -659,7 +659,7 @@ def alignment_table(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for r in diagnosed_runs(runs):
         al = r["diagnostics"]["alignment"]
-        layers = list(al["layers"])
+        layers = al.get("order") or list(al["layers"])  # network order where recorded
         first = _final_epoch_mean(al["layers"][layers[0]]) if layers else None
         last = _final_epoch_mean(al["layers"][layers[-1]]) if layers else None
         angles = (al.get("weight_alignment") or {}).get("layers", {})
