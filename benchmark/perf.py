@@ -1,6 +1,6 @@
 """Speed benchmark: `make perf` (all sections) or `make perf-overhead` (meters only).
 
-    python -m benchmark.perf [--only overhead|data|methods|reference|options] [--device auto|cpu|cuda]
+    python -m benchmark.perf [--only overhead|loop|energy|data|methods|reference|options] [--device auto|cpu|cuda]
                              [--repeats 5] [--out results/perf.csv]
 
 Every comparison is a ratio measured side by side in this one process, interleaved (A, B, A, B...),
