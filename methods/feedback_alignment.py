@@ -21,6 +21,10 @@ and ../shared/references/README.md, quote 0.84 / 1.91 / 1.71, which are not BioT
 - Targets: the labels.
 - Prediction: argmax of the head's logits (the forward network is the BP network).
 
+Diagnostics: FA's `feedback_pairs` give BioTorch's weight alignment (the angle between W_{i+1} and
+B_i); DFA has none, since its B_i map the output error straight to block i and match no single
+forward weight.
+
 Feedback matrices are drawn once (seeded), scaled like the forward weights (Kaiming-uniform of
 the same shape for FA, as BioTorch's default; N(0, 1/sqrt(classes)) for DFA) and never trained.
 
