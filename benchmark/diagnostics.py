@@ -181,12 +181,14 @@ class Alignment:
         """Run the method's real step (`run_step`) and measure around it; returns its loss."""
         with meters.excluded():
             self._weight_alignment(step)
-            reference = bp_reference(self.method, x, y) if self.method.bp_comparable else {}
+        if not self.method.bp_comparable:  # nothing to compare with: no reference, no capture
+            return run_step()
+        with meters.excluded():
+            reference = bp_reference(self.method, x, y)
         with signals_seen(self.method) as seen:
             loss = run_step()
         with meters.excluded():
-            if self.method.bp_comparable:
-                self._compare(reference, seen, step, epoch)
+            self._compare(reference, seen, step, epoch)
         return loss
 
     def _weight_alignment(self, step: int) -> None:

@@ -80,27 +80,25 @@ def learning_section(tables: dict, figures: list[dict]) -> list[str]:
     by_name = {fig["name"]: fig for fig in figures}
     parts = ["<h2>How each method learns</h2><p class='note'>Diagnostics (benchmark/diagnostics.py), measured apart "
              "from training: their time is in no figure above, and turning them on does not change a weight.</p>"]
-    if not tables["alignment"].empty:
-        parts.append("<h3>Alignment with backprop</h3><p class='note'>How to read: a cosine of 1 means the layer's update "
-                     "points where BP's gradient does on the same batch (BP itself is 1); 0 means unrelated; a rising line "
-                     "means the method learns to follow BP. An empty layer has no BP-comparable loss, and the table says why. "
-                     "The weight angle (feedback alignment) falls as the forward weights come to align with the fixed "
-                     "feedback matrices.</p>")
-        if "alignment" in by_name:
-            parts.append(figure_html(by_name["alignment"]))
-        parts.append(table_html(tables["alignment"]))
-    if not tables["probes"].empty:
-        parts.append("<h3>Per-layer read-outs</h3><p class='note'>How to read: the test accuracy of a linear probe on each "
-                     "layer's representation after training; a line that keeps rising means deeper layers add separable "
-                     "information, a flat or falling one that the accuracy is made early.</p>")
-        if "probes" in by_name:
-            parts.append(figure_html(by_name["probes"]))
-        parts.append(table_html(tables["probes"]))
-    if not tables["robustness"].empty:
-        parts.append("<h3>Robustness</h3><p class='note'>How to read: test accuracy on the same test images under Gaussian "
-                     "input noise and under FGSM, both in pixel units of the [0, 1] image; compare each column with the clean "
-                     "one and with BP's row. FGSM differentiates each method's own prediction (its method note says how).</p>")
-        parts.append(table_html(tables["robustness"]))
+    guides = {  # table -> (heading, its one-line reading guide)
+        "alignment": ("Alignment with backprop", "How to read: a cosine of 1 means the layer's update points where BP's "
+                      "gradient does on the same batch (BP itself is 1); 0 means unrelated; a rising line means the method "
+                      "learns to follow BP. An empty layer has no BP-comparable loss, and the table says why. The weight angle "
+                      "(feedback alignment) falls as the forward weights come to align with the fixed feedback matrices."),
+        "probes": ("Per-layer read-outs", "How to read: the test accuracy of a linear probe on each layer's representation "
+                   "after training; a line that keeps rising means deeper layers add separable information, a flat or "
+                   "falling one that the accuracy is made early."),
+        "robustness": ("Robustness", "How to read: test accuracy on the same test images under Gaussian input noise and "
+                       "under FGSM, both in pixel units of the [0, 1] image; compare each column with the clean one and with "
+                       "BP's row. FGSM differentiates each method's own prediction (its method note says how)."),
+    }
+    for name, (heading, guide) in guides.items():
+        if tables[name].empty:
+            continue
+        parts.append(f"<h3>{heading}</h3><p class='note'>{guide}</p>")
+        if name in by_name:  # the figure named after its table, where there is one
+            parts.append(figure_html(by_name[name]))
+        parts.append(table_html(tables[name]))
     return parts
 
 
