@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "nag", "adam", "adamw")  # nag: SGD with Nesterov momentum
 
 
 @dataclass
@@ -15,13 +15,15 @@ class OptimizerHyper:
     optimizer: str = field(metadata={"choices": OPTIMIZERS})
     lr: float = field(metadata={"gt": 0})
     weight_decay: float = field(metadata={"ge": 0})
-    momentum: float = field(metadata={"ge": 0, "le": 1})  # SGD only
+    momentum: float = field(metadata={"ge": 0, "le": 1})  # SGD and NAG only
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
     params = list(params)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "nag":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":

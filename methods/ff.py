@@ -146,12 +146,17 @@ class ForwardForward(Method):
         return (y + offset) % self.num_classes
 
     # -- the local loss -------------------------------------------------------------------------
-    def layer_loss(self, i: int, a: torch.Tensor, n_pos: int) -> torch.Tensor:
-        goodness = a.pow(2).sum(dim=1)
-        theta = self.hp.threshold_per_unit * a.shape[1]
-        is_positive = torch.zeros_like(goodness)
+    def margin(self, a: torch.Tensor) -> torch.Tensor:
+        """Goodness minus the threshold, per row: the logit of "this input is positive"."""
+        return a.pow(2).sum(dim=1) - self.hp.threshold_per_unit * a.shape[1]
+
+    def layer_loss(self, i: int, a: torch.Tensor, n_pos: int, others: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """Logistic loss of layer i's margin; `others` (constant, no gradient) is added to the
+        logit by the collaborative variant (methods/lcff.py), 0 here."""
+        logit = self.margin(a) + others
+        is_positive = torch.zeros_like(logit)
         is_positive[:n_pos] = 1.0
-        loss = F.binary_cross_entropy_with_logits(goodness - theta, is_positive)
+        loss = F.binary_cross_entropy_with_logits(logit, is_positive)
         if self.hp.peer_normalization > 0:
             m = self.hp.peer_momentum
             self.running_means[i] = self.running_means[i].detach() * m + a[:n_pos].mean(0) * (1 - m)
@@ -159,12 +164,16 @@ class ForwardForward(Method):
             loss = loss + self.hp.peer_normalization * peer
         return loss
 
+    def positives_then_negatives(self, x, y) -> torch.Tensor:
+        """The step's first layer input: x with its true label, then x with a wrong label, normalised."""
+        one_hot = F.one_hot(y, self.num_classes).float()
+        wrong = F.one_hot(self.wrong_labels(y), self.num_classes).float()
+        return rms_normalise(torch.cat([self.with_label(x, one_hot), self.with_label(x, wrong)]))
+
     def train_step(self, x, y, idx):
         self.apply_cooldown()
         self.steps_done += 1
-        one_hot = F.one_hot(y, self.num_classes).float()
-        wrong = F.one_hot(self.wrong_labels(y), self.num_classes).float()
-        z = rms_normalise(torch.cat([self.with_label(x, one_hot), self.with_label(x, wrong)]))
+        z = self.positives_then_negatives(x, y)
         total = torch.zeros((), device=x.device)
         for i, (layer, optimizer) in enumerate(zip(self.modules["layers"], self.optimizers)):
             a = self.relu(layer(z))

@@ -92,12 +92,20 @@ class LocalLearning(Method):
         groups = split(len(net.blocks), hp.modules)
         self.modules["stages"] = nn.ModuleList(nn.Sequential(*(net.blocks[i] for i in g)) for g in groups).to(device)
         end_to_end_head = archs.Chain(net, num_classes).head  # BP's head, for the last module
-        heads = [self.auxiliary(net.out_shapes[g[-1]], num_classes) for g in groups[:-1]] + [end_to_end_head]
-        self.modules["heads"] = nn.ModuleList(heads).to(device)
+        self.modules["heads"] = nn.ModuleList(self.auxiliary_heads(net, groups) + [end_to_end_head]).to(device)
         self.optimizers = [
-            make_optimizer(hp.optimizer, [*s.parameters(), *h.parameters()], hp.lr, hp.weight_decay, hp.momentum)
-            for s, h in zip(self.modules["stages"], self.modules["heads"])
+            make_optimizer(hp.optimizer, self.trained(k), hp.lr, hp.weight_decay, hp.momentum)
+            for k in range(len(groups))
         ]
+
+    def trained(self, k: int) -> list[nn.Parameter]:
+        """Module k's trained parameters: its blocks and its head (a head may hold fixed copies)."""
+        stage, head = self.modules["stages"][k], self.modules["heads"][k]
+        return [p for p in (*stage.parameters(), *head.parameters()) if p.requires_grad]
+
+    def auxiliary_heads(self, net: archs.Blocks, groups: list[range]) -> list[nn.Module]:
+        """One auxiliary classifier per module but the last (AugLocal and MAN build theirs here)."""
+        return [self.auxiliary(net.out_shapes[g[-1]], self.num_classes) for g in groups[:-1]]
 
     def auxiliary(self, shape: tuple[int, ...], num_classes: int) -> nn.Module:
         if self.hp.aux == "linear":
@@ -132,7 +140,4 @@ class LocalLearning(Method):
         return {"modules": len(self.modules["stages"])}
 
     def units(self):
-        return {
-            f"module{k}": [*s.parameters(), *h.parameters()]
-            for k, (s, h) in enumerate(zip(self.modules["stages"], self.modules["heads"]))
-        }
+        return {f"module{k}": self.trained(k) for k in range(len(self.modules["stages"]))}

@@ -19,7 +19,8 @@ from tests.conftest import compose
 #
 # Backprop sends the error down through W^T: change a forward weight W_k and the updates of every
 # layer below k change, even when the network's output on the batch does not. Feedback alignment,
-# DFA and PEPITA send it through fixed matrices (or the input), so a change of W_k that leaves the
+# DFA and PEPITA send it through fixed matrices (or the input), DRTP and tpSGD send none (the label
+# goes through fixed matrices instead), so a change of W_k that leaves the
 # batch's forward pass as it was leaves the updates of the layers below exactly as they were.
 # The test makes such a change: the head's weights move inside the null space of the batch's last
 # hidden activations (more units than samples), so the logits, the error and every activation are
@@ -68,7 +69,7 @@ def update_of_lower_layers(name: str, perturb: bool):
     return [p.detach() - b for p, b in zip(lower, before)]
 
 
-@pytest.mark.parametrize("name", ["fa", "dfa", "pepita"])
+@pytest.mark.parametrize("name", ["fa", "dfa", "pepita", "drtp", "tpsgd"])
 def test_feedback_methods_do_not_transport_forward_weights(name):
     plain, moved = update_of_lower_layers(name, False), update_of_lower_layers(name, True)
     assert any(u.abs().sum() > 0 for u in plain), "nothing was updated"

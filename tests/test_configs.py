@@ -43,9 +43,11 @@ def test_every_arch_preset_composes(arch, tmp_path):
     if arch == "mlp_depth":
         assert list(job.cfg.arch.widths) == [job.cfg.arch.width] * job.cfg.arch.depth
         assert job.cfg.arch.name == f"mlp_d{job.cfg.arch.depth}_w{job.cfg.arch.width}"
-    elif arch.startswith("mlp_"):
-        width, count = arch.removeprefix("mlp_").split("x")[::-1]
+    elif arch.startswith("mlp_"):  # mlp_<count>x<width>[_<activation>]
+        shape, _, activation = arch.removeprefix("mlp_").partition("_")
+        width, count = shape.split("x")[::-1]
         assert list(job.cfg.arch.widths) == [int(width)] * int(count)
+        assert job.cfg.arch.activation == (activation or job.cfg.arch.activation)
 
 
 def test_smoke_benchmark_covers_every_registered_method(tmp_path):

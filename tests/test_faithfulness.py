@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import config, runner
+from methods.ff import rms_normalise
 from tests.conftest import compose
 
 
@@ -266,3 +267,139 @@ def test_bp_checkpoint_takes_bps_step_and_holds_less_for_backward():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # only each block's input is kept (plus the head's saves), not every activation inside the blocks
     assert steps["bp_checkpoint"][0] < 0.75 * steps["bp"][0]
+
+
+# -- Target projection (DRTP, tpSGD) ---------------------------------------------------------------
+
+def first_block_update(method, x, y):
+    weight = method.modules["blocks"][0][1].weight  # Flatten, Linear, activation
+    before = weight.detach().clone()
+    method.train_step(x, y, torch.arange(len(y)))
+    return weight.detach() - before
+
+
+@pytest.mark.parametrize("layer_loss", ["drtp", "l2", "l1"])
+def test_target_projection_hidden_update_is_the_papers_rule(layer_loss):
+    """One SGD step on the first hidden layer equals the hand-written rule, with d = the signal at
+    the layer's output gated by tanh' = 1 - h^2 (summed over the batch for DRTP, as its reference
+    does; averaged for tpSGD's losses): dW = -lr * d^T x."""
+    method, data = build("method=drtp", "arch=mlp", "arch.activation=tanh", "method.hp.optimizer=sgd",
+                         "method.hp.momentum=0", "method.hp.lr=0.01", f"method.hp.layer_loss={layer_loss}")
+    x, y = data.train_x[:8], data.train_y[:8]
+    layer = method.modules["blocks"][0][1]
+    with torch.no_grad():
+        h = torch.tanh(layer(x.flatten(1)))
+        target = F.one_hot(y, 10).float() @ method.feedback[0]
+        signal = {"drtp": target, "l2": 2 * (h - target) / len(y), "l1": torch.sign(h - target) / len(y)}[layer_loss]
+        expected = -0.01 * ((signal * (1 - h**2)).T @ x.flatten(1))
+    assert torch.allclose(first_block_update(method, x, y), expected, atol=1e-6, rtol=1e-4)
+
+
+def test_target_projection_hidden_updates_never_see_the_output():
+    """No error reaches a hidden block (unlike DFA): any change of the output layer, which changes
+    the network's output and error, leaves the hidden blocks' updates exactly as they were."""
+    updates = []
+    for scale in (1.0, -7.0):
+        method, data = build("method=drtp", "arch=mlp", "method.hp.optimizer=sgd", "method.hp.momentum=0")
+        with torch.no_grad():
+            method.modules["head"].weight.mul_(scale).add_(scale)
+        updates.append(first_block_update(method, data.train_x[:16], data.train_y[:16]))
+    assert updates[0].abs().sum() > 0
+    assert torch.equal(updates[0], updates[1])
+
+
+def test_target_projection_defaults_are_the_references():
+    drtp, _ = build("method=drtp", "arch=mlp")
+    tpsgd, _ = build("method=tpsgd", "arch=mlp")
+    assert (drtp.hp.layer_loss, drtp.hp.output_loss, drtp.hp.projection) == ("drtp", "bce", "kaiming")
+    assert (tpsgd.hp.layer_loss, tpsgd.hp.output_loss) == ("l2", "ce")
+    bound = math.sqrt(6 / 1000)  # He-uniform, fan-in = the block's 1000 outputs (the DRTP reference)
+    assert bound >= drtp.feedback[0].abs().max() > 0.9 * bound
+
+
+# -- Layer-collaborative FF ------------------------------------------------------------------------
+
+def ff_first_layer_update(name: str, last_layer_scale: float):
+    method, data = build(f"method={name}", "arch=mlp_3x1000", "method.hp.optimizer=sgd", "method.hp.momentum=0",
+                         "method.hp.lr=0.01", "method.hp.peer_normalization=0", "method.hp.lr_cooldown=false")
+    with torch.no_grad():
+        method.modules["layers"][-1].weight.mul_(last_layer_scale)
+    first = method.modules["layers"][0].weight
+    before = first.detach().clone()
+    torch.manual_seed(1)  # the same negatives in both runs
+    method.train_step(data.train_x[:32], data.train_y[:32], torch.arange(32))
+    return first.detach() - before
+
+
+def test_lcff_layers_learn_from_the_whole_networks_goodness():
+    """LCFF's first layer learns from the last layer's goodness (a constant in its loss), FF's does
+    not: scaling the last layer's weights changes LCFF's first-layer update and leaves FF's as it was."""
+    assert torch.equal(ff_first_layer_update("ff", 1.0), ff_first_layer_update("ff", 3.0))
+    assert not torch.allclose(ff_first_layer_update("lcff", 1.0), ff_first_layer_update("lcff", 3.0))
+
+
+def test_lcff_layer_loss_is_the_papers():
+    """Layer k's gradient is that of the logistic loss of m_k + sum_{j != k} m_j with the sum held
+    constant: recomputed here from the activations, the same weight gradient."""
+    method, data = build("method=lcff", "arch=mlp_3x1000", "method.hp.peer_normalization=0")
+    x, y = data.train_x[:16], data.train_y[:16]
+    grads = {}
+    for i, layer in enumerate(method.modules["layers"]):
+        layer.weight.register_hook(lambda g, i=i: grads.__setitem__(i, g.clone()))
+    torch.manual_seed(1)
+    wrong = method.wrong_labels(y)
+    z = rms_normalise(torch.cat([method.with_label(x, F.one_hot(y, 10).float()),
+                                 method.with_label(x, F.one_hot(wrong, 10).float())]))
+    acts = []
+    for layer in method.modules["layers"]:
+        acts.append(method.relu(layer(z)))
+        z = rms_normalise(acts[-1].detach())
+    margins = [a.pow(2).sum(1) - a.shape[1] * method.hp.threshold_per_unit for a in acts]
+    labels = torch.cat([torch.ones(16), torch.zeros(16)])
+    expected = []
+    for k, m in enumerate(margins):
+        others = sum(margins[j].detach() for j in range(len(margins)) if j != k)
+        expected.append(torch.autograd.grad(F.binary_cross_entropy_with_logits(m + others, labels),
+                                            method.modules["layers"][k].weight, retain_graph=True)[0])
+    torch.manual_seed(1)
+    method.train_step(x, y, torch.arange(16))
+    for k in range(len(margins)):
+        assert torch.allclose(grads[k], expected[k], atol=1e-6, rtol=1e-4)
+
+
+# -- AugLocal and MAN (local learning's auxiliary networks) -----------------------------------------
+
+def test_auglocal_samples_later_blocks_uniformly_with_pyramidal_depth():
+    from methods.auglocal import aux_depths, sampled_blocks
+
+    depths = aux_depths(15, 3, pyramid=True, coeff=0.5)  # ResNet-32 cut into 16 modules, d = 3
+    assert depths[0] == 3 and all(a >= b >= 1 for a, b in zip(depths, depths[1:])) and depths[-1] == 2
+    assert aux_depths(4, 3, pyramid=False, coeff=0.5) == [3, 3, 3, 3]
+    for last in range(15):
+        for depth in (1, 2, 3, 5):
+            picked = sampled_blocks(last, 16, depth)
+            assert picked[-1] == 15 and len(picked) == min(depth, 15 - last)  # always reaches the end
+            assert all(last < a < b for a, b in zip(picked, picked[1:])) and picked[0] > last
+    assert sampled_blocks(0, 16, 3) == [5, 10, 15]
+
+
+def test_auglocal_auxiliary_networks_are_fresh_blocks_of_the_later_widths():
+    method, _ = build("method=auglocal", "arch=cnn", "method.hp.aux_depth=2")
+    assert method.aux_blocks == [[1, 2], [2]]
+    convs = [m for m in method.modules["heads"][0].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [128, 512]  # blocks 1 and 2's widths
+    trunk = {id(p) for p in method.modules["stages"].parameters()}
+    assert not any(id(p) in trunk for p in method.modules["heads"].parameters())  # copies, not shared
+
+
+def test_man_auxiliary_network_is_an_ema_of_the_next_module():
+    method, data = build("method=man", "arch=cnn", "method.hp.ema_decay=0.9")
+    twin, nxt = method.modules["heads"][0][0], method.modules["stages"][1]
+    assert all(torch.equal(a, b) for a, b in zip(twin.parameters(), nxt.parameters()))  # starts as a copy
+    assert not any(p.requires_grad for p in twin.parameters())
+    before = [p.detach().clone() for p in twin.parameters()]
+    method.train_step(data.train_x[:32], data.train_y[:32], torch.arange(32))
+    for old, new, source in zip(before, twin.parameters(), nxt.parameters()):
+        assert torch.allclose(new, 0.9 * old + 0.1 * source.detach(), atol=1e-6)
+    bias = method.modules["heads"][0][1].bias
+    assert bias.requires_grad and bias.abs().sum() > 0  # the learnable bias is trained by module 0
