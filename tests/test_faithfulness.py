@@ -403,3 +403,44 @@ def test_man_auxiliary_network_is_an_ema_of_the_next_module():
         assert torch.allclose(new, 0.9 * old + 0.1 * source.detach(), atol=1e-6)
     bias = method.modules["heads"][0][1].bias
     assert bias.requires_grad and bias.abs().sum() > 0  # the learnable bias is trained by module 0
+
+
+# -- NoProp's continuous-time and flow-matching variants --------------------------------------------
+
+def test_noprop_ct_loss_weight_is_the_snr_derivative():
+    from methods.noprop import signal_level, snr_derivative
+
+    t = torch.linspace(0.05, 0.9, 18, dtype=torch.float64)
+    snr = lambda v: signal_level(v, 1.0) / (1 - signal_level(v, 1.0))  # noqa: E731
+    finite = (snr(t + 1e-6) - snr(t - 1e-6)) / 2e-6
+    assert torch.allclose(snr_derivative(t, 1.0), finite, rtol=1e-4)
+    assert snr_derivative(torch.tensor([0.999999]), 0.999).item() == 0.0  # capped: no weight
+
+
+@pytest.mark.parametrize("name", ["noprop_ct", "noprop_fm"])
+def test_noprop_continuous_prediction_follows_its_ode_to_the_label(name):
+    """With an oracle network (CT: the clean embedding of class 3; FM: the straight-line velocity
+    towards it), the prediction's chain ends at class 3 from any noise: the inference path is the
+    paper's (CT's posterior steps over t, FM's Euler steps of dz/dt = v)."""
+    method, data = build(f"method={name}", "arch=mlp_1x1024", "method.hp.inference_steps=8")
+    target = method.embed[3]
+    denoiser = method.modules["denoiser"]
+    if name == "noprop_ct":
+        denoiser.forward = lambda x, z, embed, t: target.expand_as(z)
+    else:
+        denoiser.scores = lambda x, z, t: (target - z) / (1 - t)[:, None]
+    assert torch.all(method.predict(data.test_x[:20]).argmax(1) == 3)
+
+
+def test_noprop_fm_regresses_the_velocity_from_noise_to_label():
+    """FM's loss is ||v - (u_y - z_0)||^2 at z_t = t u_y + (1 - t) z_0: recomputed here with the same
+    random draws, the same value."""
+    method, data = build("method=noprop_fm", "arch=mlp_1x1024")
+    x, y = data.train_x[:16], data.train_y[:16]
+    torch.manual_seed(5)
+    u = method.embed[y]
+    z0, t = torch.randn_like(u), torch.rand(16)
+    with torch.no_grad():
+        expected = (method.modules["denoiser"].scores(x, t[:, None] * u + (1 - t[:, None]) * z0, t) - (u - z0)).pow(2).sum(1).mean()
+    torch.manual_seed(5)
+    assert torch.allclose(method.train_step(x, y, torch.arange(16)), expected, rtol=1e-5)
