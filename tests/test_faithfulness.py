@@ -444,3 +444,21 @@ def test_noprop_fm_regresses_the_velocity_from_noise_to_label():
         expected = (method.modules["denoiser"].scores(x, t[:, None] * u + (1 - t[:, None]) * z0, t) - (u - z0)).pow(2).sum(1).mean()
     torch.manual_seed(5)
     assert torch.allclose(method.train_step(x, y, torch.arange(16)), expected, rtol=1e-5)
+
+
+def test_noprop_ct_uniform_weight_counts_every_time_alike():
+    """hp.loss_weight=uniform: the CT loss is (eta/2) ||u_hat - u||^2 averaged over the batch,
+    whatever the sampled t (recomputed with the same draws)."""
+    method, data = build("method=noprop_ct", "arch=mlp_1x1024", "method.hp.loss_weight=uniform")
+    x, y = data.train_x[:16], data.train_y[:16]
+    denoiser_losses = []
+    method.step = lambda unit, loss: denoiser_losses.append(loss.detach()) if unit == "denoiser" else None
+    torch.manual_seed(3)
+    u = method.embed[y]
+    t = torch.rand(16)
+    z = method.noisy(u, t)
+    with torch.no_grad():
+        expected = 0.5 * method.hp.eta * (method.modules["denoiser"](x, z, method.embed, t) - u).pow(2).sum(1).mean()
+    torch.manual_seed(3)
+    method.train_step(x, y, torch.arange(16))
+    assert torch.allclose(denoiser_losses[0], expected, rtol=1e-5)
