@@ -94,10 +94,9 @@ class NoPropHyper(OptimizerHyper):
     max_signal: float = field(metadata={"gt": 0, "lt": 1})
 
 
-def cosine_signal_levels(steps: int, cap: float, s: float = 0.008) -> torch.Tensor:
-    t = torch.arange(steps + 1, dtype=torch.float64) / steps
-    levels = torch.cos(math.pi / 2 * (1 - t + s) / (1 + s)) ** 2
-    return levels.clamp(0.0, cap)
+def cosine_signal_levels(steps: int, cap: float) -> torch.Tensor:
+    """DT's S_0..S_T: the cosine schedule (`signal_level`) at t = 0, 1/T, ..., 1."""
+    return signal_level(torch.arange(steps + 1, dtype=torch.float64) / steps, cap)
 
 
 class DenoisingBlock(nn.Module):
