@@ -41,8 +41,9 @@ bench: venv data ## the main job: experiment=$(EXPERIMENT) (tune, finals, report
 	$(PY) -m benchmark.report $(RESULTS)/$(EXPERIMENT)
 	@echo "results: $(RESULTS)/$(EXPERIMENT)/runs.jsonl  report: reports/$(EXPERIMENT)/index.html"
 
-smoke: venv ## the CI smoke benchmark: the same pipeline on scikit-learn digits
+smoke: venv ## the CI smoke benchmark: the same pipeline on scikit-learn digits, then the graph methods on Cora
 	$(MAKE) bench EXPERIMENT=smoke
+	$(MAKE) bench EXPERIMENT=smoke_graph
 
 test: venv ## the test suite, one worker per core (pytest-xdist; TEST_WORKERS=0 runs it in one process)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)

@@ -12,6 +12,11 @@ a linear head. Presets live in configs/arch/*.yaml.
   Every stem/residual block is one block of the list, so block-local methods cut between residual
   blocks, never inside one. `width` 64 is ResNet-18; small widths (8, 16) fit a CPU budget.
   Its head pools globally before the linear layer.
+- `gcn`, `sage`: graph networks for node classification (torch_geometric): per width a block
+  GCNConv (Kipf & Welling 2017) or GraphSAGE's mean-aggregation SAGEConv (Hamilton et al. 2017),
+  then ReLU, as the ForwardGNN code's layers. A graph block takes (node features, edges) and
+  returns every node's new features; the end-to-end head is a linear layer on the last block's
+  node features (so BP and the forward methods share the same message-passing depth).
 """
 from __future__ import annotations
 
@@ -25,10 +30,24 @@ from benchmark.validate import check_fields
 
 
 @dataclass
+class Graph:
+    """A node-classification graph on the device: every node's features (N, F) and the directed
+    edges (2, E) message passing follows."""
+
+    features: torch.Tensor
+    edge_index: torch.Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass
 class Blocks:
     blocks: nn.ModuleList
     out_shapes: list[tuple[int, ...]]  # shape of each block's output, batch dimension left out
     pool_head: bool = False  # the end-to-end head averages over space before its linear layer
+    graph_conv: str | None = None  # "gcn" | "sage": the blocks are graph layers, called (h, edge_index)
 
     def out_features(self, i: int) -> int:
         return int(torch.Size(self.out_shapes[i]).numel())
@@ -107,7 +126,57 @@ def resnet(input_shape: tuple[int, ...], width: int = 64, blocks_per_stage: int 
     return Blocks(nn.ModuleList(blocks), shapes, pool_head=True)
 
 
-ARCHS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
+GRAPH_KINDS = ("gcn", "sage")
+
+
+def import_pyg(module: str):
+    """A torch_geometric module, imported only by graph runs, without the FutureWarning its import
+    raises about torch.jit.script (it is torch_geometric's own use, nothing a run can act on)."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return importlib.import_module(module)
+
+
+def graph_conv(kind: str, fan_in: int, width: int) -> nn.Module:
+    pyg_nn = import_pyg("torch_geometric.nn")
+
+    if kind == "gcn":
+        return pyg_nn.GCNConv(fan_in, width)  # symmetric normalisation with self-loops, as published
+    return pyg_nn.SAGEConv(fan_in, width, aggr="mean")
+
+
+class GraphBlock(nn.Module):
+    """One message-passing layer over every node, then ReLU."""
+
+    def __init__(self, kind: str, fan_in: int, width: int):
+        super().__init__()
+        self.conv = graph_conv(kind, fan_in, width)
+        self.act = nn.ReLU()
+
+    def forward(self, h: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(h, edge_index))
+
+
+def gnn(input_shape: tuple[int, ...], widths: list[int], kind: str) -> Blocks:
+    blocks, fan_in = [], int(input_shape[0])
+    for width in widths:
+        blocks.append(GraphBlock(kind, fan_in, width))
+        fan_in = width
+    return Blocks(nn.ModuleList(blocks), [(w,) for w in widths], graph_conv=kind)
+
+
+def gcn(input_shape: tuple[int, ...], widths: list[int]) -> Blocks:
+    return gnn(input_shape, widths, "gcn")
+
+
+def sage(input_shape: tuple[int, ...], widths: list[int]) -> Blocks:
+    return gnn(input_shape, widths, "sage")
+
+
+ARCHS = {"mlp": mlp, "cnn": cnn, "resnet": resnet, "gcn": gcn, "sage": sage}
 
 
 # The settings of each kind, with their ranges: every arch field is checked before training, as
@@ -139,7 +208,14 @@ class ResNetSchema:
     blocks_per_stage: int = field(default=2, metadata={"ge": 1})
 
 
-SCHEMAS = {"mlp": MLPSchema, "cnn": CNNSchema, "resnet": ResNetSchema}
+@dataclass
+class GNNSchema:
+    name: str = field(metadata={})
+    kind: str = field(metadata={})
+    widths: list[int] = field(metadata={"min_items": 1, "ge": 1})
+
+
+SCHEMAS = {"mlp": MLPSchema, "cnn": CNNSchema, "resnet": ResNetSchema, "gcn": GNNSchema, "sage": GNNSchema}
 
 
 def validate(arch_cfg: dict) -> None:
@@ -172,11 +248,17 @@ def through(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
 
 
 class Chain(nn.Module):
-    """Blocks applied in order, then a linear head: the end-to-end network BP trains."""
+    """Blocks applied in order, then a linear head: the end-to-end network BP trains.
 
-    def __init__(self, net: Blocks, num_classes: int):
+    On a graph (`graph` given, graph blocks), the input is a tensor of node indices: the blocks run
+    over the whole graph and the head's scores of those nodes are returned."""
+
+    def __init__(self, net: Blocks, num_classes: int, graph: Graph | None = None):
         super().__init__()
         self.blocks = net.blocks
+        self.graph = graph
+        if (graph is None) != (net.graph_conv is None):
+            raise ValueError("graph blocks need the graph, and only they take one")
         last = net.out_shapes[-1]
         if net.pool_head:
             self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(last[0], num_classes))
@@ -184,6 +266,14 @@ class Chain(nn.Module):
             self.head = nn.Sequential(nn.Flatten(), nn.Linear(net.out_features(len(net.blocks) - 1), num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.graph is not None:
+            return self.on_graph(x)
         for block in self.blocks:
             x = block(x)
         return self.head(x)
+
+    def on_graph(self, nodes: torch.Tensor) -> torch.Tensor:
+        h, edges = self.graph.features, self.graph.edge_index
+        for block in self.blocks:
+            h = block(h, edges)
+        return self.head(h[nodes])

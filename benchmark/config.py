@@ -79,8 +79,11 @@ class Job:
 
 
 def build_method(job: Job, data, hp=None):
-    """The job's method, built for `data` (input shape, classes) with `hp` (default: the job's)."""
-    return job.method_cls(to_dict(job.cfg.arch), data.input_shape, data.num_classes, job.hp if hp is None else hp, job.device)
+    """The job's method, built for `data` (input shape, classes) with `hp` (default: the job's).
+    On a graph dataset the method also gets the graph (only graph archs' methods take one)."""
+    on_graph = {} if data.graph is None else {"graph": data.graph}
+    return job.method_cls(to_dict(job.cfg.arch), data.input_shape, data.num_classes, job.hp if hp is None else hp,
+                          job.device, **on_graph)
 
 
 def to_dict(node) -> dict:
@@ -133,7 +136,8 @@ def check(cfg: DictConfig) -> Job:
     measure = check_fields("measure", MeasureConfig, to_dict(cfg.measure), "configs/config.yaml")
     diagnostics = check_fields("diagnostics", DiagnosticsConfig, to_dict(cfg.diagnostics), "configs/config.yaml")
     dataset = check_fields("dataset", DatasetSettings, to_dict(cfg.dataset), "configs/dataset/")
-    data_mod.check_available(dataset.name, cfg.data.root, bool(cfg.data.download))
+    check_workload(dataset, arch, diagnostics)
+    data_mod.check_available(dataset.name, cfg.data.root, bool(cfg.data.download), dataset.split)
     device = resolve_device(str(cfg.device))
     check_speed_options(train, method_cls, device)
     from benchmark.meters import check_energy_request
@@ -152,6 +156,24 @@ def check(cfg: DictConfig) -> Job:
         storage.check_reachable(storage.storage_spec(cfg))
     return Job(cfg, method_cls, hp, train, measure, device, settings, dataset, search_space, tuning, supported, batch_rule,
                diagnostics=diagnostics)
+
+
+def check_workload(dataset: DatasetSettings, arch: dict, diagnostics: DiagnosticsConfig) -> None:
+    """Graphs and images do not mix: a graph dataset needs a graph arch and the other way round."""
+    from benchmark import archs
+
+    on_graph, graph_arch = data_mod.is_graph(dataset.name), arch["kind"] in archs.GRAPH_KINDS
+    if not on_graph and dataset.val_size is None:
+        raise UserError(f"dataset.val_size is missing for '{dataset.name}'", f"add it to configs/dataset/{dataset.name}.yaml")
+    if on_graph and not graph_arch:
+        raise UserError(f"dataset '{dataset.name}' is a graph (node classification) but arch "
+                        f"'{arch.get('name', arch['kind'])}' is an image network", "use arch=gcn or arch=sage")
+    if graph_arch and not on_graph:
+        raise UserError(f"arch '{arch.get('name', arch['kind'])}' is a graph network but dataset "
+                        f"'{dataset.name}' is images", "use dataset=cora, citeseer or cora_ml")
+    if on_graph and diagnostics.enabled:
+        raise UserError("diagnostics (alignment, probes, attacks) are for image datasets only",
+                        "set diagnostics.enabled=false for graph runs")
 
 
 def resolve_native_arch(cfg: DictConfig) -> None:

@@ -10,6 +10,13 @@ The test split is only read by the final evaluation (`loop.evaluate_test`); tuni
 Train, validation and test indices are recorded with every run (`info["split_indices"]`: where
 each split's images come from in the released arrays) so their disjointness can be checked.
 
+Graphs (`cora`, `citeseer`, `cora_ml`) are a second kind of dataset: node classification on one
+graph (`load_graph_splits`). Their "samples" are node indices: `train_x` holds the training nodes'
+indices, `val_x` and `test_x` the others', and `Splits.graph` holds the node features and edges
+on the device. A graph method's `train_step` receives a batch of training-node indices and runs
+message passing over the whole graph (the runner makes a graph's batch the whole training set
+unless train.batch_size says otherwise: one full-graph step per epoch, as the papers do).
+
 Augmentation (`augment`, per dataset YAML): "crop_flip" is the CIFAR recipe of the papers this
 benchmark compares with (random 4-pixel-padded crop + horizontal flip), applied to each training
 batch on the device, batched and seeded (`crop_flip`); "none" for MNIST-like data.
@@ -25,6 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from benchmark.archs import Graph
 from benchmark.errors import UserError
 
 # sha256 of the raw arrays (train images, train labels, test images, test labels, in that order,
@@ -65,9 +73,12 @@ class Splits:
     info: dict = field(default_factory=dict)
     augment: str = "none"  # none | crop_flip, applied to training batches only
     pad_value: torch.Tensor | None = None  # (1, C, 1, 1): a black pixel after normalisation
+    graph: "Graph | None" = None  # graph datasets: the x tensors are node indices into this graph
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        if self.graph is not None:
+            return (self.graph.features.shape[1],)  # one node's features
         return tuple(self.train_x.shape[1:])
 
 
@@ -233,15 +244,24 @@ EXPECTED_PATHS = {
     "cifar10": "cifar-10-batches-py/data_batch_1",
     "cifar100": "cifar-100-python/train",
     "cifar10_jpeg": "cifar10-jpeg/train",
+    "cora": "Planetoid/Cora/raw/ind.cora.x",
+    "citeseer": "Planetoid/CiteSeer/raw/ind.citeseer.x",
+    "cora_ml": "CitationFull/cora_ml/raw/cora_ml.npz",
 }
-DOWNLOADABLE = {"mnist", "fashion_mnist", "cifar10", "cifar100"}
+DOWNLOADABLE = {"mnist", "fashion_mnist", "cifar10", "cifar100", "cora", "citeseer", "cora_ml"}
 
 
-def check_available(name: str, root, download: bool) -> None:
+def known_datasets() -> list[str]:
+    return sorted({*LOADERS, *GRAPHS})
+
+
+def check_available(name: str, root, download: bool, split: int | None = None) -> None:
     """Raise the one-line UserError now, rather than after other runs have trained, when a dataset
-    is neither on disk nor allowed to be downloaded."""
-    if name not in LOADERS:
-        raise UserError(f"unknown dataset '{name}'", f"choose one of: {', '.join(sorted(LOADERS))}")
+    is neither on disk nor allowed to be downloaded (or a graph's `split` is not one it has)."""
+    if name not in LOADERS and name not in GRAPHS:
+        raise UserError(f"unknown dataset '{name}'", f"choose one of: {', '.join(known_datasets())}")
+    if name in GRAPHS:
+        check_graph_split(name, root, split)
     expected = EXPECTED_PATHS.get(name)
     if expected is None or (download and name in DOWNLOADABLE):
         return
@@ -256,13 +276,17 @@ def check_available(name: str, root, download: bool) -> None:
 
 def load_raw(name: str, root: str | os.PathLike, download: bool) -> RawDataset:
     if name not in LOADERS:
-        raise UserError(f"unknown dataset '{name}'", f"choose one of: {', '.join(sorted(LOADERS))}")
+        raise UserError(f"unknown dataset '{name}'", f"choose one of: {', '.join(known_datasets())}")
     return LOADERS[name](resolve_root(root), download)
 
 
-def load_splits(name: str, root, download: bool, val_size: int, split_seed: int, device: torch.device,
-                augment: str = "none") -> Splits:
+def load_splits(name: str, root, download: bool, val_size: int | None, split_seed: int, device: torch.device,
+                augment: str = "none", split: int | None = None) -> Splits:
     """Load, fingerprint, split, normalise and move one dataset to `device`."""
+    if name in GRAPHS:
+        return load_graph_splits(name, root, download, split, device)
+    if val_size is None:
+        raise UserError(f"dataset '{name}' needs dataset.val_size", "set it in its configs/dataset/ YAML")
     raw = load_raw(name, root, download)
     sha = fingerprint(raw)
     n_train_all = len(raw.train_labels)
@@ -357,3 +381,153 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.d
     order = torch.randperm(n, generator=generator, device="cpu").to(device)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
+
+
+# ----------------------------------------------------------------------------------------------
+# Graphs: node classification on one graph, through torch_geometric's dataset classes (imported
+# only when a graph is asked for: image runs never pay for torch_geometric's import).
+#
+# Protocols (the split decides what a run's accuracy means):
+# - `cora`, `citeseer`: Planetoid (Yang et al. 2016), its standard semi-supervised split
+#   (20 labelled nodes per class, 500 validation, 1,000 test); `split` must be 0 (there is one).
+# - `cora_ml`: CitationFull's Cora-ML graph with the 5 random 64/16/20 node splits released by
+#   "Forward Learning of Graph Neural Networks" (Park et al., ICLR 2024); `split` 0-4 picks one
+#   (the paper's 5 runs are its 5 splits).
+# Features are row-normalised (each node's features sum to 1: torch_geometric's NormalizeFeatures,
+# which both the GCN paper's and the ForwardGNN code's loaders apply).
+
+
+@dataclass(frozen=True)
+class GraphSource:
+    folder: str  # under data.root, the `root` torch_geometric's class is given
+    pyg_class: str  # Planetoid | CitationFull
+    pyg_name: str
+    splits: int  # how many splits it offers (`split` 0..splits-1)
+    split_files: str | None = None  # released split files under data.root, {part} and {k} filled in
+
+
+GRAPHS = {
+    "cora": GraphSource("Planetoid", "Planetoid", "Cora", 1),
+    "citeseer": GraphSource("Planetoid", "Planetoid", "CiteSeer", 1),
+    "cora_ml": GraphSource("CitationFull", "CitationFull", "Cora_ML", 5,
+                           "forwardgnn-splits/CitationFull-Cora_ML/node-5splits/{part}-node-index-split{k}.pt"),
+}
+
+
+def is_graph(name: str) -> bool:
+    return name in GRAPHS
+
+
+def check_graph_split(name: str, root, split: int | None) -> None:
+    source = GRAPHS[name]
+    k = 0 if split is None else split
+    if not 0 <= k < source.splits:
+        raise UserError(f"dataset.split={split} is out of range for '{name}' (it has {source.splits} split(s))",
+                        f"use dataset.split between 0 and {source.splits - 1}")
+    if source.split_files is not None:
+        path = resolve_root(root) / source.split_files.format(part="train", k=k)
+        if not path.exists():
+            raise UserError(f"the released node splits of '{name}' are not found: looked for {path}",
+                            "lay them out with `python ../shared/data/prepare.py DIR` (or copy the "
+                            "NamyongPark/forwardgnn-datasplits files there) and set data.root to DIR")
+
+
+def _writable_graph_root(base: Path) -> Path:
+    """torch_geometric writes its processed/ files beside raw/: a read-only data folder (CI's
+    ../shared/data) is copied once into the user cache, which is read from then on."""
+    if os.access(base, os.W_OK):
+        return base
+    import shutil
+    import tempfile
+
+    copy = _cache_path(base, "") / "graphs" / base.name
+    if not copy.exists():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=copy.parent))
+        shutil.copytree(base, staging / base.name)
+        try:
+            (staging / base.name).rename(copy)  # atomic: a concurrent process sees all or nothing
+        except OSError:
+            pass  # another process put its copy there first
+        shutil.rmtree(staging, ignore_errors=True)
+    return copy
+
+
+def _pyg_graph(name: str, root: Path, download: bool):
+    import fcntl
+
+    source = GRAPHS[name]
+    base = root / source.folder
+    raw = root / EXPECTED_PATHS[name]
+    if not raw.exists() and not download:
+        raise _missing(name, root, FileNotFoundError(str(raw)))
+    if raw.exists():
+        base = _writable_graph_root(base)
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        from benchmark.archs import import_pyg
+
+        pyg_datasets = import_pyg("torch_geometric.datasets")
+    except ImportError:
+        raise UserError(f"dataset '{name}' needs torch_geometric", "pip install torch_geometric (or make venv)") from None
+    # One process at a time processes the raw files (pytest-xdist workers, parallel grid cells).
+    with open(base / ".bpfree.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return getattr(pyg_datasets, source.pyg_class)(str(base), source.pyg_name)[0]
+        except Exception as err:  # offline download attempts and broken files alike
+            raise _missing(name, root, err) from None
+
+
+def _node_split(name: str, root: Path, graph, k: int) -> dict[str, np.ndarray]:
+    source = GRAPHS[name]
+    if source.split_files is None:  # Planetoid: the masks that come with the graph
+        return {part: graph[f"{part}_mask"].nonzero().flatten().numpy() for part in ("train", "val", "test")}
+    return {part: torch.load(root / source.split_files.format(part=part, k=k)).long().numpy()
+            for part in ("train", "val", "test")}
+
+
+def load_graph_splits(name: str, root, download: bool, split: int | None, device: torch.device) -> Splits:
+    """Load one graph and one of its node splits onto `device` (see the section's comment)."""
+    root = resolve_root(root)
+    k = 0 if split is None else split
+    check_graph_split(name, root, k)
+    graph = _pyg_graph(name, root, download)
+    parts = _node_split(name, root, graph, k)
+    features = graph.x.float()
+    features = features - features.min()
+    features = features / features.sum(dim=1, keepdim=True).clamp_min(1.0)  # NormalizeFeatures
+    labels = graph.y.long()
+    digest = hashlib.sha256()
+    for array in (graph.x.numpy(), graph.edge_index.numpy(), labels.numpy()):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    ids = lambda part: torch.from_numpy(parts[part]).to(device)  # noqa: E731
+    on_device = labels.to(device)
+    info = {
+        "name": name,
+        "kind": "graph",
+        "root": str(root),
+        "sha256": digest.hexdigest(),
+        "canonical": None,
+        "canonical_basis": f"torch_geometric {GRAPHS[name].pyg_class}('{GRAPHS[name].pyg_name}') of the released files",
+        "n_train": len(parts["train"]),
+        "n_val": len(parts["val"]),
+        "n_test": len(parts["test"]),
+        "split": k,
+        "graph": {"nodes": int(features.shape[0]), "directed_edges": int(graph.edge_index.shape[1]),
+                  "features": int(features.shape[1])},
+        "input_shape": [int(features.shape[1])],
+        "normalisation": {"rows": "each node's features sum to 1 (NormalizeFeatures)"},
+        "augment": "none",
+        "split_indices": {"protocol": "Planetoid public split" if GRAPHS[name].split_files is None
+                          else f"released split {k} ({GRAPHS[name].split_files.format(part='*', k=k)})",
+                          **{f"{part}_sha256": index_digest(parts[part]) for part in ("train", "val", "test")}},
+    }
+    return Splits(
+        train_x=ids("train"), train_y=on_device[ids("train")],
+        val_x=ids("val"), val_y=on_device[ids("val")],
+        test_x=ids("test"), test_y=on_device[ids("test")],
+        num_classes=int(labels.max()) + 1,
+        info=info,
+        graph=Graph(features.to(device), graph.edge_index.to(device)),
+    )

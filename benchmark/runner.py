@@ -26,21 +26,25 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=2)
-def _splits(name: str, root: str, download: bool, val_size: int, split_seed: int, device: str, augment: str):
-    return data_mod.load_splits(name, root, download, val_size, split_seed, torch.device(device), augment)
+def _splits(name: str, root: str, download: bool, val_size: int | None, split_seed: int, device: str, augment: str,
+            split: int | None):
+    return data_mod.load_splits(name, root, download, val_size, split_seed, torch.device(device), augment, split)
 
 
 def load_data(job: Job) -> data_mod.Splits:
-    cfg = job.cfg
-    return _splits(cfg.dataset.name, str(cfg.data.root), bool(cfg.data.download), int(cfg.dataset.val_size),
-                   int(cfg.dataset.split_seed), str(job.device), str(cfg.dataset.get("augment", "none")))
+    cfg, ds = job.cfg, job.dataset
+    return _splits(ds.name, str(cfg.data.root), bool(cfg.data.download), ds.val_size, ds.split_seed, str(job.device),
+                   ds.augment, ds.split)
 
 
 def train_settings(job: Job, data: data_mod.Splits) -> loop.TrainConfig:
     """The job's training settings with the batch size decided: train.batch_size when set, else
-    the method's own (capped on small datasets, see config.BatchRule)."""
+    the method's own (capped on small datasets, see config.BatchRule); on a graph, the whole
+    training set: one full-graph step per epoch, as node classification is trained."""
     if job.batch_rule is None:
         return job.train
+    if data.graph is not None:
+        return dataclasses.replace(job.train, batch_size=len(data.train_y))
     return dataclasses.replace(job.train, batch_size=job.batch_rule.for_dataset(len(data.train_y)))
 
 
@@ -122,6 +126,7 @@ def execute(
     resolved["method"]["hp"] = dict(vars(hp))
     resolved["train"]["batch_size"] = train_cfg.batch_size
     resolved["train"]["batch_size_from"] = "train.batch_size" if job.batch_rule is None else (
+        "the whole graph (every training node, one step per epoch)" if data.graph is not None else
         f"the method's own ({job.batch_rule.size}; at least {job.batch_rule.min_steps} steps per epoch)")
     record = {
         "schema_version": results.SCHEMA_VERSION,

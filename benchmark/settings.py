@@ -17,8 +17,9 @@ from benchmark.validate import check_fields
 @dataclass
 class DatasetSettings:
     name: str = field(metadata={})
-    val_size: int = field(metadata={"ge": 1})
-    split_seed: int = field(metadata={"ge": 0})
+    val_size: int | None = field(default=None, metadata={"ge": 1})  # images: held out of the training set
+    split_seed: int = field(default=0, metadata={"ge": 0})
+    split: int | None = field(default=None, metadata={"ge": 0})  # graphs: which released node split
     augment: str = field(default="none", metadata={"choices": ("none", "crop_flip")})
     target_accuracy: float | None = field(default=None, metadata={"gt": 0, "le": 1})
 
@@ -28,6 +29,8 @@ class LearningCheck:
     """The run a method's learning test makes on digits (tests/test_methods.py) and what it must reach."""
 
     floor: float = field(default=0.80, metadata={"gt": 0, "le": 1})  # test accuracy, 0..1
+    dataset: str = field(default="digits", metadata={})  # graph methods: cora
+    overrides: list | None = field(default=None, metadata={})  # key=value settings of the default check
     epochs: int | None = field(default=None, metadata={"ge": 1})  # None: the root budget
     # Options and archs besides the defaults, each a learning check of its own:
     # {name, overrides: [key=value, ...], floor}. Read from the method's own YAML file only, so a

@@ -6,6 +6,9 @@ Rumelhart, Hinton & Williams, "Learning representations by back-propagating erro
 - Loss: cross-entropy of the linear head's logits.
 - Targets: the labels.
 - Prediction: argmax of the head's logits.
+- On a graph (arch gcn or sage): the whole graph runs forward, the loss is over the batch's
+  training nodes (the whole training set per step unless train.batch_size says otherwise), as the
+  ForwardGNN code's BP trainer; the network is the arch's graph layers and a linear head.
 """
 from __future__ import annotations
 
@@ -27,13 +30,13 @@ class BPHyper(OptimizerHyper):
 @register
 class BP(Method):
     name = "bp"
-    supported_archs = ("mlp", "cnn", "resnet")
+    supported_archs = ("mlp", "cnn", "resnet", "gcn", "sage")
     locality = Locality("global", "one loss at the output; gradient flows end to end")
     Hyper = BPHyper
 
-    def __init__(self, arch, input_shape, num_classes, hp: BPHyper, device):
+    def __init__(self, arch, input_shape, num_classes, hp: BPHyper, device, graph: archs.Graph | None = None):
         super().__init__(arch, input_shape, num_classes, hp, device)
-        self.modules["net"] = archs.Chain(archs.build(arch, input_shape), num_classes).to(device)
+        self.modules["net"] = archs.Chain(archs.build(arch, input_shape), num_classes, graph).to(device)
         self.optimizer = make_optimizer(hp.optimizer, self.modules.parameters(), hp.lr, hp.weight_decay, hp.momentum)
         self.scheduler = None
 

@@ -29,6 +29,7 @@ class BPCheckpointed(BP):
     """BP whose blocks run under `torch.utils.checkpoint` during training steps."""
 
     name = "bp_checkpoint"
+    supported_archs = ("mlp", "cnn", "resnet")  # a graph's blocks take the edges too: not wrapped here
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         net = self.modules["net"]

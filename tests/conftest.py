@@ -18,6 +18,40 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+SHARED_DATA = REPO.parent / "shared" / "data"
+GRAPH_FILES = ("Planetoid/Cora/raw/ind.cora.x", "CitationFull/cora_ml/raw/cora_ml.npz",
+               "forwardgnn-splits/CitationFull-Cora_ML/node-5splits/train-node-index-split0.pt")
+_graph_root: list[Path] = []
+
+
+def graph_root() -> Path:
+    """A data root holding the graph datasets (Cora, CiteSeer, Cora-ML and its released splits):
+    BPFREE_DATA where it has them, else laid out once per process from ../shared/data by its own
+    prepare.py (graphs only: no image unpacking); the test skips where neither exists."""
+    env = os.environ.get("BPFREE_DATA")
+    if env and all((Path(env) / f).exists() for f in GRAPH_FILES):
+        return Path(env)
+    if not _graph_root:
+        if not (SHARED_DATA / "prepare.py").exists():
+            pytest.skip("no graph datasets here (set BPFREE_DATA to a folder made by ../shared/data/prepare.py)")
+        import importlib.util
+        import tempfile
+
+        spec = importlib.util.spec_from_file_location("shared_prepare", SHARED_DATA / "prepare.py")
+        prepare = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(prepare)
+        import atexit
+        import shutil
+
+        dest = Path(tempfile.mkdtemp(prefix="bpfree-graphs-"))
+        atexit.register(shutil.rmtree, dest, True)
+        prepare.copy_planetoid(dest)
+        prepare.copy_cora_ml(dest)
+        prepare.copy_tree(dest, "forwardgnn-splits")
+        _graph_root.append(dest)
+    return _graph_root[0]
+
+
 def compose(*overrides: str):
     """A checked config (benchmark.config.Job), as `python -m benchmark <overrides>` builds it."""
     from benchmark import config

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from benchmark import spec as methods
-from benchmark import audit, config, runner
+from benchmark import archs, audit, config, runner
 from methods.ff import ForwardForward
-from tests.conftest import compose
+from tests.conftest import compose, graph_root
 
 NATIVE = {"mlp": "arch=mlp", "cnn": "arch=cnn"}
 
@@ -15,7 +15,9 @@ NATIVE = {"mlp": "arch=mlp", "cnn": "arch=cnn"}
 def build(name: str, arch: str | None = None):
     cls = methods.get(name)
     arch = arch or f"arch={cls.supported_archs[0]}"
-    job = compose(f"method={name}", arch, "dataset=digits", "measure.emissions=false")
+    on_graph = cls.supported_archs[0] in archs.GRAPH_KINDS  # graph methods are audited on Cora
+    dataset = ["dataset=cora", f"data.root={graph_root()}"] if on_graph else ["dataset=digits"]
+    job = compose(f"method={name}", arch, *dataset, "measure.emissions=false")
     data = runner.load_data(job)
     torch.manual_seed(0)
     return config.build_method(job, data), data

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark import config
+from benchmark import archs, config
+from tests.conftest import graph_root
 
 EXPERIMENTS = sorted(p.stem for p in (config.CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -14,7 +15,8 @@ def test_experiment_pairs_every_method_with_bp_on_the_same_arch(experiment, tmp_
     # (Reproductions run a paper's own settings, BP only where the paper compares with it;
     # tests/test_reproduction.py checks them. Diagnostics experiments compare each method with
     # BP's gradient on the method's own network, not with a BP run; tests/test_diagnostics.py.)
-    jobs = [j for j in config.preflight([f"experiment={experiment}", f"results_dir={tmp_path}"]) if j.supported]
+    jobs = [j for j in config.preflight([f"experiment={experiment}", f"results_dir={tmp_path}",
+                                         f"data.root={graph_root()}"]) if j.supported]
     cells = {(j.cfg.method.name, j.cfg.arch.name, j.cfg.dataset.name) for j in jobs}
     assert any(m != "bp" for m, _, _ in cells)
     for method, arch, dataset in cells:
@@ -39,7 +41,9 @@ def test_every_published_figure_names_a_cell_the_harness_can_run(tmp_path):
 @pytest.mark.parametrize("arch", sorted(p.stem for p in (config.CONFIG_DIR / "arch").glob("*.yaml")))
 def test_every_arch_preset_composes(arch, tmp_path):
     method = "cafo_rand" if arch == "cnn" else "bp"
-    [job] = config.preflight([f"arch={arch}", f"method={method}", "dataset=digits", f"results_dir={tmp_path}"])
+    on_graph = config.compose([f"arch={arch}"]).arch.kind in archs.GRAPH_KINDS
+    dataset = ["dataset=cora", f"data.root={graph_root()}"] if on_graph else ["dataset=digits"]
+    [job] = config.preflight([f"arch={arch}", f"method={method}", *dataset, f"results_dir={tmp_path}"])
     if arch == "mlp_depth":
         assert list(job.cfg.arch.widths) == [job.cfg.arch.width] * job.cfg.arch.depth
         assert job.cfg.arch.name == f"mlp_d{job.cfg.arch.depth}_w{job.cfg.arch.width}"
@@ -53,7 +57,9 @@ def test_every_arch_preset_composes(arch, tmp_path):
 def test_smoke_benchmark_covers_every_registered_method(tmp_path):
     from benchmark import spec as methods
 
-    jobs = [j for j in config.preflight(["experiment=smoke", f"results_dir={tmp_path}"]) if j.supported]
+    jobs = [j for smoke in ("smoke", "smoke_graph")  # `make smoke` runs both
+            for j in config.preflight([f"experiment={smoke}", f"results_dir={tmp_path}", f"data.root={graph_root()}"])
+            if j.supported]
     assert {j.cfg.method.name for j in jobs} == set(methods.names())
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import graph_root
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,7 +28,9 @@ def project_with_new_method(tmp_path: Path) -> Path:
 
 
 def run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(root), "BPFREE_CONFIGS": str(root / "configs")}
+    # The copy has no ../shared beside it: it reads the graphs (smoke_graph's preflight) from ours.
+    env = {**os.environ, "PYTHONPATH": str(root), "BPFREE_CONFIGS": str(root / "configs"),
+           "BPFREE_DATA": str(graph_root())}
     return subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True)
 
 

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Heavy packages a one-epoch run on digits with emissions off has no use for, and what each costs
 # at import on the 2-core machine (README: Speed).
-NOT_FOR_A_SINGLE_RUN = ("sklearn", "scipy", "pandas", "matplotlib", "optuna", "codecarbon", "statsmodels")
+NOT_FOR_A_SINGLE_RUN = ("sklearn", "scipy", "pandas", "matplotlib", "optuna", "codecarbon", "statsmodels",
+                        "torch_geometric")
 
 
 def test_digits_read_directly_equal_scikit_learn():

@@ -434,8 +434,12 @@ def provenance(records: list[dict], storage: str | None) -> dict:
     for r in records:
         d = r.get("data") or {}
         if d.get("name"):
-            fingerprints[d["name"]] = {"sha256": d.get("sha256"), "canonical": d.get("canonical"),
-                                       "basis": d.get("canonical_basis"), "split_seed": d.get("split_seed")}
+            entry = fingerprints.setdefault(d["name"], {"splits": set()})
+            entry.update(sha256=d.get("sha256"), canonical=d.get("canonical"), basis=d.get("canonical_basis"))
+            # Images: a seeded validation hold-out; graphs: which node split (a graph's runs may use several).
+            entry["splits"].add(f"node split {d['split']}" if d.get("kind") == "graph" else f"split seed {d.get('split_seed')}")
+    for entry in fingerprints.values():
+        entry["splits"] = ", ".join(sorted(entry["splits"]))
     budgets = {repr(r.get("budget")) for r in records if r.get("budget")}
     return {
         "hardware": sorted({f"{e.get('cpu_model')} / {e.get('device')} / {e.get('gpu_model') or 'no GPU'}" for e in envs}),

@@ -175,7 +175,7 @@ def render_html(ctx: dict) -> str:
     parts.append(f"<tr><th>packages</th><td>{e(', '.join(f'{k} {v}' for k, v in p['packages'].items()))}</td></tr>")
     for name, fp in p["fingerprints"].items():
         parts.append(f"<tr><th>data: {e(name)}</th><td>sha256 {e(str(fp['sha256']))}; canonical: {e(str(fp['canonical']))} "
-                     f"({e(str(fp['basis']))}); split seed {e(str(fp['split_seed']))}</td></tr>")
+                     f"({e(str(fp['basis']))}); {e(fp['splits'])}</td></tr>")
     parts.append("</table></body></html>")
     return "\n".join(parts)
 
