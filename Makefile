@@ -12,7 +12,7 @@ TEST_WORKERS ?= auto
 WORKERS     ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data bench smoke test mutate report dashboard perf perf-overhead repro repro-report clean
+.PHONY: help venv data bench smoke test test-soak mutate report dashboard perf perf-overhead repro repro-report clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -46,7 +46,10 @@ smoke: venv ## the CI smoke benchmark: the same pipeline on scikit-learn digits,
 	$(MAKE) bench EXPERIMENT=smoke_graph
 
 test: venv ## the test suite, one worker per core (pytest-xdist; TEST_WORKERS=0 runs it in one process)
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not soak"
+
+test-soak: venv ## the soak tests left out of `make test` (20 random kills of a sweep, then resume)
+	$(PY) -m pytest -q -m soak
 
 mutate: venv data ## one-line defects into a copy, the suite against each: which test catches it (long; not in CI)
 	BPFREE_DATA=$(DATA) $(PY) -m tests.mutate

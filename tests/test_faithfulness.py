@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark import config, runner
+from benchmark import archs, config, runner
 from methods.ff import rms_normalise
-from tests.conftest import compose
+from tests.conftest import compose, graph_root
 
 
 def build(*overrides: str):
@@ -232,7 +232,9 @@ def test_no_arch_means_the_methods_native_arch():
     from benchmark import spec as methods
 
     for name in methods.names():
-        job = compose(f"method={name}", "dataset=digits")
+        graph_only = methods.get(name).supported_archs[0] in archs.GRAPH_KINDS
+        dataset = ["dataset=cora", f"data.root={graph_root()}"] if graph_only else ["dataset=digits"]
+        job = compose(f"method={name}", *dataset)
         assert job.cfg.arch.name == job.cfg.method.native_arch, name
         assert job.cfg.arch.kind in job.method_cls.supported_archs, name
     assert compose("method=cafo_rand", "dataset=digits").cfg.arch.name == "cnn"

@@ -27,14 +27,16 @@ def _plt():
 
 def method_colour(method: str):
     """One colour per method, the same in every figure and every report: the method's place in the
-    registry (BP first, then by name) picks it from matplotlib's 20-colour palette. A method the
-    registry no longer has gets grey."""
+    registry (BP first, then by name) picks it from matplotlib's tab20, then tab20b and tab20c
+    (60 colours: the registry outgrew one palette at 23 methods). A method the registry no longer
+    has gets grey."""
     from benchmark import spec
 
     order = sorted(spec.names(), key=method_rank)
     if method not in order:
         return "0.5"
-    return _plt().get_cmap("tab20")(order.index(method) % 20)
+    i = order.index(method) % 60
+    return _plt().get_cmap(("tab20", "tab20b", "tab20c")[i // 20])(i % 20)
 
 
 class Figures:

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from benchmark import results
 from tests.conftest import REPO, compose
 from tests.test_tuning import CELL, check_consistent, cli_tune
@@ -14,6 +16,7 @@ ARGS = ("tuning.n_trials=8", "tuning.max_epochs=4", "tuning.n_seeds=3", "tuning.
 KILLS = 20
 
 
+@pytest.mark.soak  # 145 s: tests/test_tuning.py kills and resumes a sweep once in the default suite
 def test_twenty_random_kills_then_resume(tmp_path):
     rng = random.Random(1234)
     runs = results.runs_file(tmp_path, "single")
