@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from benchmark import archs
 from benchmark.spec import Locality, Method, Phase, register
@@ -70,20 +69,14 @@ class ForwardGNN(Method):
 
     supported_archs = archs.GRAPH_KINDS
     locality = Locality("layer", "each graph layer has its own local loss and optimiser; its input is detached")
-    bp_comparable = False
-    alignment_note = "graph runs have no diagnostics"
 
     def __init__(self, arch, input_shape, num_classes, hp, device, graph: archs.Graph | None = None):
         super().__init__(arch, input_shape, num_classes, hp, device)
         if graph is None:
             raise ValueError(f"{self.name} trains on a graph dataset only")
         self.graph = graph
-        fan_in = self.input_width(int(input_shape[0]))
-        layers = []
-        for width in arch["widths"]:
-            layers.append(archs.GraphBlock(arch["kind"], fan_in, width))
-            fan_in = width
-        self.modules["layers"] = nn.ModuleList(layers).to(device)
+        # The arch's own graph layers, built for this variant's input width (FF appends the label).
+        self.modules["layers"] = archs.build(arch, (self.input_width(int(input_shape[0])),)).blocks.to(device)
         self.optimizers = [make_optimizer(hp.optimizer, layer.parameters(), hp.lr, hp.weight_decay, hp.momentum)
                            for layer in self.modules["layers"]]
         self.current = 0  # the layer being trained; layers <= current predict
@@ -122,11 +115,6 @@ class ForwardGNN(Method):
         loss.backward()
         optimizer.step()
         return loss.detach()
-
-    def representations(self, x):
-        return []  # graph runs have no diagnostics (config refuses them)
-
-    representations_note = "graph runs have no diagnostics"
 
     # -- what each variant defines ----------------------------------------------------------------
     def prepare_graph(self, train_nodes: torch.Tensor, train_labels: torch.Tensor) -> None:
