@@ -52,7 +52,7 @@ def run_job(job: Job) -> None:
     cfg = job.cfg
     try:
         if not job.supported:
-            print(f"skipped {runner.cell_name(cfg)}: {cfg.method.name} does not run on {cfg.arch.kind} architectures")
+            print(f"skipped {runner.cell_name(cfg)}: {job.unsupported_because}")
         elif cfg.get("resume") and cfg.mode == "run" and (earlier := runner.finished_earlier(job)) is not None:
             print(f"kept {earlier['cell']} seed={earlier['seed']}: completed earlier ({earlier['finished_at']}), not re-run")
         elif cfg.mode == "tune":

@@ -76,6 +76,7 @@ class Job:
     batch_rule: BatchRule | None = None  # set when train.batch_size is None (the method's own)
     overrides: tuple[str, ...] = ()  # the command-line overrides it was composed from (preflight)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    unsupported_because: str = ""  # set when supported is False: the skip message says it
 
 
 def build_method(job: Job, data, hp=None):
@@ -125,17 +126,23 @@ def check(cfg: DictConfig) -> Job:
     from benchmark import archs
 
     archs.validate(arch)
-    supported = True
+    unsupported = ""  # why a grid cell is skipped (skip_unsupported); a single run raises instead
     try:
         method_cls.check_arch(arch)
     except UserError:
         if not cfg.skip_unsupported:
             raise
-        supported = False
+        unsupported = f"{cfg.method.name} does not run on {arch['kind']} architectures"
     train = check_fields("train", TrainConfig, to_dict(cfg.train), "configs/config.yaml")
     measure = check_fields("measure", MeasureConfig, to_dict(cfg.measure), "configs/config.yaml")
     diagnostics = check_fields("diagnostics", DiagnosticsConfig, to_dict(cfg.diagnostics), "configs/config.yaml")
     dataset = check_fields("dataset", DatasetSettings, to_dict(cfg.dataset), "configs/dataset/")
+    try:
+        check_data_kind(dataset, arch)
+    except UserError as mismatch:  # e.g. a graph-only method's native arch in an image grid
+        if not cfg.skip_unsupported:
+            raise
+        unsupported = unsupported or mismatch.args[0]
     check_workload(dataset, arch, diagnostics)
     data_mod.check_available(dataset.name, cfg.data.root, bool(cfg.data.download), dataset.split)
     device = resolve_device(str(cfg.device))
@@ -154,23 +161,28 @@ def check(cfg: DictConfig) -> Job:
 
         tuning = check_fields("tuning", TuningConfig, to_dict(cfg.tuning), "configs/config.yaml")
         storage.check_reachable(storage.storage_spec(cfg))
-    return Job(cfg, method_cls, hp, train, measure, device, settings, dataset, search_space, tuning, supported, batch_rule,
-               diagnostics=diagnostics)
+    return Job(cfg, method_cls, hp, train, measure, device, settings, dataset, search_space, tuning, not unsupported,
+               batch_rule, diagnostics=diagnostics, unsupported_because=unsupported)
 
 
-def check_workload(dataset: DatasetSettings, arch: dict, diagnostics: DiagnosticsConfig) -> None:
+def check_data_kind(dataset: DatasetSettings, arch: dict) -> None:
     """Graphs and images do not mix: a graph dataset needs a graph arch and the other way round."""
     from benchmark import archs
 
     on_graph, graph_arch = data_mod.is_graph(dataset.name), arch["kind"] in archs.GRAPH_KINDS
-    if not on_graph and dataset.val_size is None:
-        raise UserError(f"dataset.val_size is missing for '{dataset.name}'", f"add it to configs/dataset/{dataset.name}.yaml")
     if on_graph and not graph_arch:
         raise UserError(f"dataset '{dataset.name}' is a graph (node classification) but arch "
                         f"'{arch.get('name', arch['kind'])}' is an image network", "use arch=gcn or arch=sage")
     if graph_arch and not on_graph:
         raise UserError(f"arch '{arch.get('name', arch['kind'])}' is a graph network but dataset "
                         f"'{dataset.name}' is images", "use dataset=cora, citeseer or cora_ml")
+
+
+def check_workload(dataset: DatasetSettings, arch: dict, diagnostics: DiagnosticsConfig) -> None:
+    """What a dataset needs of the rest of the config (after check_data_kind)."""
+    on_graph = data_mod.is_graph(dataset.name)
+    if not on_graph and dataset.val_size is None:
+        raise UserError(f"dataset.val_size is missing for '{dataset.name}'", f"add it to configs/dataset/{dataset.name}.yaml")
     if on_graph and diagnostics.enabled:
         raise UserError("diagnostics (alignment, probes, attacks) are for image datasets only",
                         "set diagnostics.enabled=false for graph runs")

@@ -82,6 +82,9 @@ class ForwardGNN(Method):
         self.current = 0  # the layer being trained; layers <= current predict
         self.train_nodes = self.train_labels = None
         self.layer_input = None  # the current layer's (detached) input, cached per phase
+        # What the frozen layers (< current) contribute to a prediction, per phase: they do not
+        # change within a phase, so only the layer being trained is run at each validation.
+        self.frozen_prediction: dict = {}
 
     def input_width(self, features: int) -> int:
         return features
@@ -97,6 +100,7 @@ class ForwardGNN(Method):
         if self.train_nodes is None:
             self.train_nodes, self.train_labels = train_x, train_y
             self.prepare_graph(train_x, train_y)
+        self.frozen_prediction = {}
         with torch.no_grad():
             self.layer_input = self.input_of_layer(self.current)
 
@@ -188,17 +192,30 @@ class ForwardGNNFF(ForwardGNN):
             loss = loss + torch.stack([F.softplus(g).mean() for g in g_neg]).mean()  # target 0, mean over graphs
         return self.step(loss)
 
+    def prediction_goodness(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return h[x].pow(2).mean(dim=1) - self.hp.theta  # the reference's: mean, not sum, of h²
+
+    def frozen_layers_asking(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per candidate class c: the frozen layers' output on the graph asking c at `x`, and their
+        goodness summed at `x`. Computed once per phase and node set (validation, test)."""
+        key = x.cpu().numpy().tobytes()
+        if key not in self.frozen_prediction:
+            edges, per_class = self.graph.edge_index, []
+            for c in range(self.num_classes):
+                h = self.label_block(self.train_nodes, self.train_labels, x, torch.tensor(c, device=x.device))
+                total = torch.zeros(len(x), device=x.device)
+                for i in range(self.current):
+                    h = self.layer(i, h, edges)
+                    total += self.prediction_goodness(h, x)
+                per_class.append((h, total))
+            self.frozen_prediction[key] = per_class
+        return self.frozen_prediction[key]
+
     @torch.no_grad()
     def predict(self, x):
         edges = self.graph.edge_index
-        scores = []
-        for c in range(self.num_classes):
-            h = self.label_block(self.train_nodes, self.train_labels, x, torch.tensor(c, device=x.device))
-            total = torch.zeros(len(x), device=x.device)
-            for i in range(self.current + 1):
-                h = self.layer(i, h, edges)
-                total += h[x].pow(2).mean(dim=1) - self.hp.theta  # the reference's prediction goodness
-            scores.append(total)
+        scores = [total + self.prediction_goodness(self.layer(self.current, h, edges), x)
+                  for h, total in self.frozen_layers_asking(x)]
         return torch.stack(scores, dim=1)
 
 
@@ -220,6 +237,7 @@ class ForwardGNNSF(ForwardGNN):
         super().__init__(arch, input_shape, num_classes, hp, device, graph)
         # The virtual nodes' features: random, fixed (nn.Embedding's N(0, 1) init in the reference).
         self.modules.register_buffer("virtual_features", torch.randn(num_classes, int(input_shape[0]), device=device))
+        self.frozen_outputs: list[torch.Tensor] = []  # layers < current, on every node (input_of_layer)
 
     @property
     def virtual(self) -> slice:
@@ -234,9 +252,11 @@ class ForwardGNNSF(ForwardGNN):
         self.features = torch.cat([self.graph.features, self.modules.virtual_features])
 
     def input_of_layer(self, k):
-        h = self.features
+        """Layer k's input, the frozen layers' output; their outputs are kept for prediction."""
+        h, self.frozen_outputs = self.features, []
         for i in range(k):
             h = self.layer(i, h, self.edges)
+            self.frozen_outputs.append(h)
         return h
 
     def class_logits(self, h: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
@@ -249,8 +269,8 @@ class ForwardGNNSF(ForwardGNN):
 
     @torch.no_grad()
     def predict(self, x):
-        h, probabilities = self.features, 0
-        for i in range(self.current + 1):
-            h = self.layer(i, h, self.edges)
-            probabilities = probabilities + self.class_logits(h, x).softmax(dim=1)
-        return (probabilities / (self.current + 1)).log()
+        # The frozen layers' outputs were computed at the phase's start (input_of_layer): only the
+        # layer being trained is run here.
+        outputs = [*self.frozen_outputs, self.layer(self.current, self.layer_input, self.edges)]
+        probabilities = sum(self.class_logits(h, x).softmax(dim=1) for h in outputs)
+        return (probabilities / len(outputs)).log()

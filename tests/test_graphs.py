@@ -57,6 +57,17 @@ def test_a_graph_arch_on_images_is_refused():
         compose("method=bp", "arch=gcn", "dataset=digits")
 
 
+def test_a_grid_skips_a_graph_method_on_images_and_says_why(tmp_path):
+    """In a grid (skip_unsupported), a graph-only method's cell on an image dataset is skipped
+    with the reason, the other cells run; a single run is refused."""
+    jobs = config.preflight(["-m", "method=fgnn_ff,bp", "dataset=digits", "skip_unsupported=true", f"results_dir={tmp_path}"])
+    by_method = {j.cfg.method.name: j for j in jobs}
+    assert by_method["bp"].supported
+    assert not by_method["fgnn_ff"].supported and "is a graph network" in by_method["fgnn_ff"].unsupported_because
+    with pytest.raises(UserError, match="is a graph network"):
+        config.preflight(["method=fgnn_ff", "dataset=digits", f"results_dir={tmp_path}"])
+
+
 def test_missing_released_splits_are_named(tmp_path):
     with pytest.raises(UserError, match="released node splits of 'cora_ml' are not found"):
         compose("method=bp", "arch=gcn", "dataset=cora_ml", f"data.root={tmp_path}", "data.download=false")
@@ -149,3 +160,37 @@ def test_fgnn_sf_loss_is_cross_entropy_over_class_node_similarities():
     logits = h[x] @ h[data.graph.num_nodes:].T
     want = torch.nn.functional.cross_entropy(logits, y).item()
     assert method.train_step(x, y, None).item() == pytest.approx(want, rel=1e-5)
+
+
+def uncached_prediction(method, x):
+    """Both variants' prediction computed from scratch: every layer run on its whole graph."""
+    edges, scores = method.graph.edge_index, []
+    if method.name == "fgnn_ff":
+        for c in range(method.num_classes):
+            h = method.label_block(method.train_nodes, method.train_labels, x, torch.tensor(c))
+            total = torch.zeros(len(x))
+            for i in range(method.current + 1):
+                h = method.layer(i, h, edges)
+                total += h[x].pow(2).mean(1) - method.hp.theta
+            scores.append(total)
+        return torch.stack(scores, 1)
+    h, probabilities = method.features, 0
+    for i in range(method.current + 1):
+        h = method.layer(i, h, method.edges)
+        probabilities = probabilities + method.class_logits(h, x).softmax(1)
+    return (probabilities / (method.current + 1)).log()
+
+
+@pytest.mark.parametrize("name", ["fgnn_ff", "fgnn_sf"])
+def test_prediction_runs_only_the_layer_in_training_and_equals_running_them_all(name):
+    """The frozen layers' share of a prediction is kept per phase; it must equal recomputing it,
+    and the layer being trained must be run afresh at every prediction."""
+    method, data = built(name, "arch.widths=[32,32]")
+    y = data.train_y
+    for _ in range(3):
+        method.train_step(data.train_x, y, None)
+    method.start_phase(Phase("layer1", 1), data.train_x, y, 1)
+    for x in (data.val_x, data.test_x, data.val_x):  # validation and test alternate (test_every_epoch)
+        method.train_step(data.train_x, y, None)
+        with torch.no_grad():
+            assert torch.allclose(method.predict(x), uncached_prediction(method, x), atol=1e-5)

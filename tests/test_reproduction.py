@@ -21,7 +21,9 @@ def test_a_reproduction_is_composed_from_the_mode_untuned_on_distinct_seeds(expe
     assert "repro" in raw.defaults  # composed from the mode, not copied
     jobs = [j for j in config.preflight([f"experiment={experiment}", f"results_dir={tmp_path}"]) if j.supported]
     assert jobs and {j.cfg.mode for j in jobs} == {"run"}
-    assert all(j.train.test_every_epoch and j.train.patience == 0 for j in jobs)
+    assert all(j.train.test_every_epoch for j in jobs)
+    for j in jobs:  # the schedule runs to its end, unless the paper's own settings stop early
+        assert j.train.patience == paper_settings(j).get("train", {}).get("patience", 0)
     for cell in {(j.cfg.method.name, j.cfg.arch.name, j.cfg.dataset.name) for j in jobs}:
         seeds = [j.cfg.seed for j in jobs if (j.cfg.method.name, j.cfg.arch.name, j.cfg.dataset.name) == cell]
         assert len(seeds) >= 2 and len(set(seeds)) == len(seeds)
@@ -31,6 +33,36 @@ def test_a_reproduction_is_composed_from_the_mode_untuned_on_distinct_seeds(expe
         if j.cfg.method.name != "bp":
             figure = figures[(j.cfg.method.name, j.cfg.arch.name, j.cfg.dataset.name)]
             assert figure.get("protocol") in ("final_epoch", "best_test_epoch", "best_val")
+
+
+def paper_settings(job) -> dict:
+    """What the job's configs/paper/ file (if any) sets, as written."""
+    [name] = [o.split("=", 1)[1] for o in job.overrides if o.startswith("paper=")] or [None]
+    return OmegaConf.to_container(OmegaConf.load(config.CONFIG_DIR / "paper" / f"{name}.yaml")) if name else {}
+
+
+PAPERS = sorted(p.stem for p in (config.CONFIG_DIR / "paper").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_a_paper_cell_composes_to_its_own_settings_and_is_reproduced(paper, tmp_path):
+    """A configs/paper/ file is one published cell: it picks the method, arch and dataset and sets
+    the paper's values, which win over the experiment's; some repro_* experiment sweeps it."""
+    [job] = config.preflight([f"paper={paper}", f"results_dir={tmp_path}"])
+    written = OmegaConf.to_container(OmegaConf.load(config.CONFIG_DIR / "paper" / f"{paper}.yaml"))
+    groups = {k.removeprefix("override /"): v for d in written["defaults"] for k, v in d.items()}
+    assert (job.cfg.method.name, job.cfg.arch.name, job.cfg.dataset.name) == (groups["method"], groups["arch"], groups["dataset"])
+    for key, value in written.get("method", {}).get("hp", {}).items():
+        assert getattr(job.hp, key) == (pytest.approx(value) if isinstance(value, float) else value), key
+    for key, value in written.get("train", {}).items():
+        assert getattr(job.train, key) == value
+    swept = [j for e in REPROS for j in config.preflight([f"experiment={e}", f"results_dir={tmp_path}"])
+             if f"paper={paper}" in j.overrides]
+    assert swept, f"no repro_* experiment sweeps paper={paper}"
+    assert {j.train.epochs for j in swept} == {job.train.epochs} and all(j.train.test_every_epoch for j in swept)
+    if groups["method"] != "bp":
+        assert any((f["method"], f["arch"], f["dataset"]) == (groups["method"], groups["arch"], groups["dataset"])
+                   for f in published_figures())
 
 
 def test_per_epoch_test_accuracy_is_recorded_and_never_selects(tmp_path):
