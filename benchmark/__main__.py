@@ -50,6 +50,10 @@ def run_job(job: Job) -> None:
     from benchmark import runner
 
     cfg = job.cfg
+    if job.supported and job.measure.emissions:
+        from benchmark.energy import warm_up_codecarbon
+
+        warm_up_codecarbon(job.measure.country_iso_code)
     try:
         if not job.supported:
             print(f"skipped {runner.cell_name(cfg)}: {job.unsupported_because}")

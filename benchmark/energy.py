@@ -179,10 +179,24 @@ class NvmlEnergy:
 # CodeCarbon: one offline tracker per process, started once, a task per run.
 
 _TRACKER = None
+_TRACKER_LOCK = threading.Lock()
+
+
+def warm_up_codecarbon(country: str) -> None:
+    """Create the process's tracker in a background thread. CodeCarbon probes the hardware when it
+    starts (about 1.5 s here, mostly waiting on system queries), which then overlaps the run's data
+    loading and model building instead of adding to them; codecarbon_tracker() waits for it."""
+    if _TRACKER is None and not _TRACKER_LOCK.locked():
+        threading.Thread(target=codecarbon_tracker, args=(country,), name="codecarbon-warm-up", daemon=True).start()
 
 
 def codecarbon_tracker(country: str):
     """The process's OfflineEmissionsTracker, created on first use. None if CodeCarbon fails."""
+    with _TRACKER_LOCK:  # the warm-up thread may be creating it: wait for that one
+        return _create_tracker(country)
+
+
+def _create_tracker(country: str):
     global _TRACKER
     if _TRACKER is None:
         try:

@@ -264,3 +264,35 @@ def test_a_training_step_with_backward_records_its_activation_memory():
     m.train_step(step, 32, model.parameters())
     figure = m.summary(32, [0.1])["activation_memory"]
     assert figure["unit"] == "B" and figure["value"] >= 32 * 100 * 4
+
+
+WARM_UP_PROBE = """
+import json, threading, torch
+import codecarbon
+from benchmark import energy
+from benchmark.meters import MeasureConfig, Meters
+created = []
+original = codecarbon.OfflineEmissionsTracker.__init__
+def counting(self, *a, **k):
+    created.append(threading.current_thread().name)
+    original(self, *a, **k)
+codecarbon.OfflineEmissionsTracker.__init__ = counting
+energy.warm_up_codecarbon("USA")
+energy.warm_up_codecarbon("USA")  # a second call while the first runs creates nothing new
+m = Meters(MeasureConfig(energy="none", emissions=True), torch.device("cpu"))
+with m.window("train"):
+    sum(range(10**6))
+print(json.dumps({"created": created, "same": m._tracker is energy.codecarbon_tracker("USA"),
+                  "emissions": m.summary(10, [0.1])["emissions"]["value"]}))
+"""
+
+
+def test_codecarbon_warms_up_in_the_background_and_is_created_once(tmp_path):
+    """`python -m benchmark` starts CodeCarbon's hardware probe in a thread while the run loads its
+    data; the meters then get that one tracker (created once, off the main thread), which measures."""
+    out = subprocess.run([sys.executable, "-c", WARM_UP_PROBE], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env={**__import__("os").environ, "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["created"] == ["codecarbon-warm-up"] and report["same"]
+    assert report["emissions"] > 0
