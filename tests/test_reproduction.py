@@ -107,3 +107,17 @@ def test_a_batch_cut_short_resumes_without_rerunning_finished_runs(tmp_path):
     third = run_cli(*args[:5], "train.epochs=2", *args[6:])  # a different budget is a different run
     assert third.returncode == 0
     assert len(results.read_records(tmp_path / "r" / "runs.jsonl")) == 4
+
+
+def test_the_published_table_is_regenerated_from_the_committed_records_and_is_the_readmes(tmp_path):
+    """docs/reproduction/ is generated: its records alone rebuild its table (what `make
+    repro-report` runs), and the README's reproduction table is that table, verbatim."""
+    from benchmark import report
+
+    published = config.CONFIG_DIR.parent / "docs" / "reproduction"
+    folders = sorted(p.parent for p in published.glob("repro_*/runs.jsonl*"))
+    assert folders
+    report.build([str(f) for f in folders], out=tmp_path, pdf=False)
+    table = (tmp_path / "reproduction.md").read_text()
+    assert table == (published / "report" / "reproduction.md").read_text()
+    assert table.strip() in (config.CONFIG_DIR.parent / "README.md").read_text()

@@ -44,7 +44,7 @@ from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_ali
 from benchmark.report.numbers import (TARGET_FRACTION, alignment_table, budget_summary, cost_to_target, costs_display, fixed_targets,
                                       failures_table, final_runs, probes_table, robustness_table,
                                       depth_display, depth_table, glance_table, provenance,
-                                      reproduction, significance_sentences, sources_table, summarise, summary_table,
+                                      reproduction, reproduction_markdown, significance_sentences, sources_table, summarise, summary_table,
                                       targets_per_dataset)
 from benchmark.report.render import method_notes, render_html, write_pdf
 
@@ -144,6 +144,8 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
         if not table.empty:
             table.to_csv(out / f"diagnostics_{name}.csv", index=False)
     pd.DataFrame(ctx["reproduction"]).to_csv(out / "reproduction.csv", index=False)
+    if any(v.get("ours") is not None for v in ctx["reproduction"]):  # the README's table, verbatim
+        (out / "reproduction.md").write_text(reproduction_markdown(ctx["reproduction"]), encoding="utf-8")
     ctx["failures"].to_csv(out / "failures.csv", index=False)
     page = redact(render_html(ctx))  # a storage URL's password never reaches the page
     (out / "index.html").write_text(page, encoding="utf-8")

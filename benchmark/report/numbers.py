@@ -399,7 +399,8 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
                 verdict = f"below by {-diff * 100:.2f} pp"
             epochs = sorted({r["metrics"].get("epochs_run") for r in ours.runs} - {None})
             out.append({**ref, "protocol": protocol, "ours": ours.acc, "ours_ci": ours.ci, "ours_protocol": as_paper,
-                        "n": ours.n, "epochs": "/".join(map(str, epochs)), "machine": ours.machine,
+                        "n": ours.n, "seeds": " ".join(map(str, sorted(ours.seeds))),
+                        "epochs": "/".join(map(str, epochs)), "machine": ours.machine,
                         "experiment": ours.experiment, "diff_pp": diff * 100, "verdict": verdict})
     return out
 
@@ -513,6 +514,29 @@ def reproduction_display(verdicts: list[dict]) -> pd.DataFrame:
         "seeds": v.get("n", 0), "epochs": v.get("epochs") or "–", "machine": v.get("machine") or "–",
         "verdict": v["verdict"],
     } for v in verdicts])
+
+
+def reproduction_markdown(verdicts: list[dict]) -> str:
+    """The reproduction table as Markdown, the README's table verbatim (one row per figure and
+    machine run): paper's figure with its source and how it was read, ours both ways, the
+    seeds, epochs and machine, the verdict."""
+    def pct(value, ci=None):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "–"
+        return f"{value * 100:.2f}" + (f" ± {ci * 100:.2f}" if ci is not None and not math.isnan(ci) else "") + " %"
+
+    lines = ["| method | dataset | arch | paper (source; how read) | ours: harness (best-val epoch), mean ± 95 % CI "
+             "| ours read the paper's way | seeds; epochs; machine | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        if v.get("ours") is None:
+            continue
+        paper_way = "(same)" if v["protocol"] == "best_val" else f"{pct(v.get('ours_protocol'))} ({v['protocol'].replace('_', ' ')})"
+        lines.append(" | ".join([
+            f"| {v['method']}", v["dataset"], v["arch"],
+            f"{v['test_accuracy'] * 100:.2f} % ({v.get('source', '')}; {v['protocol'].replace('_', ' ')})",
+            pct(v["ours"], v.get("ours_ci")), paper_way,
+            f"{v.get('seeds', '')}; {v.get('epochs') or '–'}; {v.get('machine') or '–'}", f"{v['verdict']} |"]))
+    return "\n".join(lines) + "\n"
 
 
 def summary_table(rows: list[Row]) -> pd.DataFrame:
