@@ -63,6 +63,10 @@ class TrainConfig:
     # `test_accuracy`, so a report can show a paper's own protocol (the best test epoch) beside the
     # harness's. Never used to select anything; tuning trials never see the test set either way.
     test_every_epoch: bool = field(default=False, metadata={})
+    # What the patience counts epochs without improving: the validation accuracy (the default), or
+    # the validation loss (some papers' codes stop on it). Either way the state restored is the one
+    # with the best validation accuracy: the harness's protocol does not change with a paper's rule.
+    stop_on: str = field(default="val_accuracy", metadata={"choices": ("val_accuracy", "val_loss")})
 
 
 def precision(cfg: TrainConfig, device: torch.device):
@@ -127,10 +131,41 @@ def evaluate(method: Method, x: torch.Tensor, y: torch.Tensor, batch_size: int, 
 
 
 def progress_bar(total: int, desc: str):
-    """tqdm on a terminal, nothing otherwise (logs and CI stay clean)."""
+    """tqdm on a terminal; elsewhere (nohup, CI) a plain line at most once a minute."""
+    if not sys.stdout.isatty():
+        return EpochLog(total, desc)
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not sys.stdout.isatty(), leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class EpochLog:
+    """The progress of a run whose output goes to a file: one line per epoch, but no more than one
+    a minute. A reproduction runs for hours in the background and its log should say how far it
+    got; a digits run's sub-second epochs print nothing, so CI logs stay as they were."""
+
+    interval_s = 60.0
+
+    def __init__(self, total: int, desc: str, clock: Callable[[], float] | None = None):
+        import time
+
+        self.total, self.desc, self.done = total, desc, 0
+        self.clock = clock or time.monotonic
+        self.last = self.clock()
+
+    def update(self, n: int) -> None:
+        self.done += n
+
+    def set_postfix(self, **fields) -> None:
+        now = self.clock()
+        if now - self.last < self.interval_s:
+            return
+        self.last = now
+        shown = " ".join(f"{k}={v}" for k, v in fields.items())
+        print(f"{self.desc or 'run'}: epoch {self.done}/{self.total} {shown}", flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 def train(
@@ -167,6 +202,7 @@ def train(
                     lambda: method.start_phase(phase, data.train_x, data.train_y, phase.epochs * steps_per_epoch), phase.name
                 )
             phase_best, phase_state, bad_epochs = -1.0, None, 0
+            phase_best_loss = math.inf
             phase_reason = "max_epochs"
             for _ in range(phase.epochs):
                 epoch_no += 1
@@ -202,13 +238,18 @@ def train(
                 history.append(record)
                 bar.update(1)
                 bar.set_postfix(phase=phase.name, loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
-                if val_acc > phase_best + cfg.min_delta:
-                    phase_best, bad_epochs = val_acc, 0
-                    best_epoch = epoch_no
+                # min_delta is in the unit of what the patience watches (accuracy 0..1, or loss).
+                acc_delta = cfg.min_delta if cfg.stop_on == "val_accuracy" else 0.0
+                better_acc = val_acc > phase_best + acc_delta
+                if better_acc:
+                    phase_best, best_epoch = val_acc, epoch_no
                     if cfg.restore_best:
                         phase_state = method.state_dict()
-                else:
-                    bad_epochs += 1
+                better_loss = val_loss < phase_best_loss - cfg.min_delta
+                if better_loss:
+                    phase_best_loss = val_loss
+                improved = better_acc if cfg.stop_on == "val_accuracy" else better_loss
+                bad_epochs = 0 if improved else bad_epochs + 1
                 if on_epoch is not None:
                     on_epoch(record)  # may raise Pruned or BudgetExhausted
                 if cfg.patience and bad_epochs >= cfg.patience:

@@ -32,11 +32,12 @@ class Scripted(Method):
     locality = Locality("global", "test stub")
     Hyper = ScriptedHyper
 
-    def __init__(self, accuracies, losses=None):
+    def __init__(self, accuracies, losses=None, confidence=None):
         super().__init__({"kind": "mlp"}, (1,), 2, ScriptedHyper(), torch.device("cpu"))
         self.modules["counter"] = torch.nn.Linear(1, 1, bias=False)  # holds the epoch as state
         torch.nn.init.zeros_(self.modules["counter"].weight)
         self.accuracies, self.losses = accuracies, losses or {}
+        self.confidence = confidence  # per epoch, the logits' scale: sets the validation loss apart from accuracy
 
     def epoch(self) -> int:
         return int(self.modules["counter"].weight.item())
@@ -50,7 +51,8 @@ class Scripted(Method):
         # The first `acc * n` samples are right (label 0), the rest wrong.
         acc = self.accuracies[min(self.epoch(), len(self.accuracies)) - 1]
         right = torch.arange(len(x)) < round(acc * len(x))
-        return torch.stack([right.float(), (~right).float()], dim=1)
+        scale = self.confidence[min(self.epoch(), len(self.confidence)) - 1] if self.confidence else 1.0
+        return scale * torch.stack([right.float(), (~right).float()], dim=1)
 
 
 def scripted_data(n=10):
@@ -77,10 +79,38 @@ def test_early_stopping_stops_after_patience_and_restores_best():
     assert m["val_accuracy"] == pytest.approx(0.8)
 
 
+def test_stopping_on_the_validation_loss_counts_loss_not_accuracy_and_still_restores_best_accuracy():
+    """Accuracy rises every epoch while the loss gets worse from epoch 3 (over-confident logits):
+    stop_on=val_loss stops after two epochs without a lower loss and restores the most accurate
+    state seen; stop_on=val_accuracy runs on."""
+    script = dict(accuracies=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9], confidence=[1, 1, 4, 8, 8, 8])
+    by_loss = Scripted(**script)
+    m = train_scripted(by_loss, patience=2, epochs=6, stop_on="val_loss")["metrics"]
+    losses = [h["val_loss"] for h in m["history"]]
+    assert losses[2] > losses[1] and losses[3] > losses[1]  # the script does what it says
+    assert (m["stop_reason"], m["epochs_run"], m["best_epoch"]) == ("early_stopping", 4, 4)
+    assert by_loss.epoch() == 4 and m["val_accuracy"] == pytest.approx(0.7)
+    m = train_scripted(Scripted(**script), patience=2, epochs=6)["metrics"]
+    assert (m["stop_reason"], m["epochs_run"], m["best_epoch"]) == ("max_epochs", 6, 6)
+
+
 def test_early_stopping_off_runs_every_epoch():
     out = train_scripted(Scripted([0.5, 0.4, 0.3]), patience=0, epochs=5)
     assert out["metrics"]["epochs_run"] == 5
     assert out["metrics"]["stop_reason"] == "max_epochs"
+
+
+def test_a_run_logging_to_a_file_reports_its_epochs_at_most_once_a_minute(capsys):
+    """Background reproductions run for hours with stdout in a file: each epoch that ends a
+    minute or more after the last line prints one line; faster epochs print nothing."""
+    now = [0.0]
+    log = loop.EpochLog(total=5, desc="ff/mlp/mnist", clock=lambda: now[0])
+    for seconds in (10, 70, 20, 20, 30):  # epoch lengths: lines after epochs 2 and 5
+        now[0] += seconds
+        log.update(1)
+        log.set_postfix(val_acc="0.9")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["ff/mlp/mnist: epoch 2/5 val_acc=0.9", "ff/mlp/mnist: epoch 5/5 val_acc=0.9"]
 
 
 def test_nan_loss_ends_run_as_diverged():
