@@ -56,16 +56,34 @@ def cell_name(cfg) -> str:
     return f"{cfg.method.name}__{cfg.arch.name}__{cfg.dataset.name}"
 
 
+# What makes two runs of one cell and seed the same run, beside the hyperparameters and the arch:
+# the budget and the stopping rule (a different patience or stop_on can end a run elsewhere) and
+# the held-out size. A key a record predates is read as the value every run had then.
+# The batch size counts where the config names one; where it leaves it to the method (null), the
+# record holds the size the method chose for that dataset, which the same config chooses again.
+SAME_RUN_TRAIN_KEYS = {"epochs": None, "patience": None, "min_delta": 0.0, "restore_best": True,
+                       "stop_on": "val_accuracy"}
+
+
+def _same_run_key(train: dict, dataset: dict, batch_size: int | None) -> tuple:
+    return (*(train.get(k, default) for k, default in SAME_RUN_TRAIN_KEYS.items()), dataset.get("val_size"), batch_size)
+
+
 def finished_earlier(job: Job) -> dict | None:
     """A completed single run of this job already in its experiment's runs.jsonl: the same cell,
-    seed, hyperparameters, arch and epoch budget. Experiments that set `resume: true` (the
-    reproductions, depth_scaling) skip it, so a batch of runs cut short resumes where it stopped."""
+    seed, hyperparameters, arch, budget, stopping rule and held-out size. Experiments that set
+    `resume: true` (the reproductions, depth_scaling) skip it, so a batch of runs cut short
+    resumes where it stopped."""
     cfg = job.cfg
-    want = (cell_name(cfg), cfg.seed, dict(vars(job.hp)), to_dict(cfg.arch), job.train.epochs)
+    named_batch = job.train.batch_size  # None: the method's own
+    want = (cell_name(cfg), cfg.seed, dict(vars(job.hp)), to_dict(cfg.arch),
+            _same_run_key(dict(vars(job.train)), to_dict(cfg.dataset), named_batch))
     for r in results.read_records(results.runs_file(cfg.results_dir, cfg.experiment_name)):
         if r.get("kind") == "run" and r.get("status") == "completed":
-            got = (r.get("cell"), r.get("seed"), r.get("hp"), (r.get("config") or {}).get("arch"),
-                   ((r.get("config") or {}).get("train") or {}).get("epochs"))
+            config = r.get("config") or {}
+            got = (r.get("cell"), r.get("seed"), r.get("hp"), config.get("arch"),
+                   _same_run_key(config.get("train") or {}, config.get("dataset") or {},
+                                 (config.get("train") or {}).get("batch_size") if named_batch is not None else None))
             if got == want:
                 return r
     return None

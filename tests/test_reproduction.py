@@ -112,6 +112,25 @@ def test_a_batch_cut_short_resumes_without_rerunning_finished_runs(tmp_path):
     third = run_cli(*args[:5], "train.epochs=2", *args[6:])  # a different budget is a different run
     assert third.returncode == 0
     assert len(results.read_records(tmp_path / "r" / "runs.jsonl")) == 4
+    fourth = run_cli(*args[:6], "seed=0", *args[7:], "train.stop_on=val_loss")  # so is another stopping rule
+    assert fourth.returncode == 0 and "kept" not in fourth.stdout
+    assert len(results.read_records(tmp_path / "r" / "runs.jsonl")) == 5
+
+
+@pytest.mark.parametrize("experiment", REPROS)
+def test_every_committed_record_is_a_run_its_experiment_would_keep(experiment):
+    """`make repro` resumes from the committed records: each completed run in docs/reproduction is
+    what its experiment's config asks for now (same settings), so it is kept, not re-run; and a
+    config that drifts from its records fails here rather than silently mixing two settings."""
+    folder = config.CONFIG_DIR.parent / "docs" / "reproduction"
+    records = [r for r in results.read_records(folder / experiment / "runs.jsonl")
+               if r.get("kind") == "run" and r.get("status") == "completed"]
+    if not records:
+        pytest.skip(f"{experiment} has no committed records yet")
+    jobs = [j for j in config.preflight([f"experiment={experiment}", f"results_dir={folder}"]) if j.supported]
+    kept = {earlier["run_id"] for j in jobs if (earlier := runner.finished_earlier(j)) is not None}
+    for r in records:
+        assert r["run_id"] in kept, f"{experiment}: {r['cell']} seed {r['seed']} would be re-run"
 
 
 def test_the_published_table_is_regenerated_from_the_committed_records_and_is_the_readmes(tmp_path):
