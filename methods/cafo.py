@@ -33,6 +33,7 @@ which the cifar dataset configs now apply too (`augment: crop_flip`).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +43,8 @@ from torch import nn
 from benchmark import archs
 from benchmark.spec import Locality, Method, Phase, register
 from methods._optim import OPTIMIZERS, make_optimizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,6 +118,7 @@ class FeatureStore:
             i: torch.empty(len(x), row_items[i], dtype=dtype, device=x.device) for i in sorted(kept_blocks)
         }
         self.nbytes = sum(t.numel() * itemsize for t in self.kept.values())
+        self.full_nbytes = sum(row_items) * itemsize * len(x)  # what keeping every block would take
         with torch.no_grad():
             for start in range(0, len(x) if self.kept else 0, chunk):
                 for i, h in enumerate(_block_outputs(blocks, x[start : start + chunk])):
@@ -227,6 +231,28 @@ class CaFoBase(Method):
             self.fit_batchnorm(train_x)
         # DFA-trained blocks keep the statistics they learned with
         self._train_store = self.feature_store(train_x)
+        recomputed = self.recomputed_blocks()
+        if recomputed:
+            # Each of those blocks costs one more forward pass over the training set every epoch:
+            # over a long predictor phase (the comparison's 227 epochs) that is most of the run.
+            log.warning("cafo: block(s) %s of the training set's features exceed method.hp.cache_budget_mb=%g "
+                        "(all blocks need %.0f MiB in %s) and are recomputed every batch; raise the budget "
+                        "where memory allows", ", ".join(str(i + 1) for i in recomputed), self.hp.cache_budget_mb,
+                        self._train_store.full_nbytes / 2**20, self.hp.cache_dtype)
+
+    def recomputed_blocks(self) -> list[int]:
+        """The blocks (0-based) whose training-set features are not kept, so are run per batch."""
+        store = self._train_store
+        return [] if store is None else [i for i in range(len(store.shapes)) if i not in store.kept_blocks]
+
+    def extra_metrics(self):
+        store = self._train_store
+        if store is None:
+            return {}
+        return {"feature_cache": {"kept_blocks": sorted(i + 1 for i in store.kept_blocks),
+                                  "recomputed_blocks": [i + 1 for i in self.recomputed_blocks()],
+                                  "kept_mib": store.nbytes / 2**20, "all_blocks_mib": store.full_nbytes / 2**20,
+                                  "dtype": self.hp.cache_dtype, "budget_mib": self.hp.cache_budget_mb}}
 
     # -- the predictors' local losses -----------------------------------------------------------
     def start_phase(self, phase, train_x, train_y, total_steps):

@@ -54,3 +54,19 @@ def test_budget_changes_memory_not_predictions(loss):
     for method in (cached, uncached):
         method.train_step(data.train_x[idx], data.train_y[idx], idx)
     torch.testing.assert_close(cached.predict(data.test_x), uncached.predict(data.test_x))
+
+
+def test_a_run_that_recomputes_blocks_says_so_in_its_log_and_record(caplog):
+    """A budget too small for every block costs a forward pass per recomputed block per epoch: the
+    run warns once, naming the blocks and the setting, and the record keeps what was kept."""
+    with caplog.at_level("WARNING", logger="methods.cafo"):
+        whole, _ = frozen("cafo_rand", "method.hp.cache_budget_mb=100000")
+    assert not caplog.records
+    assert whole.extra_metrics()["feature_cache"]["recomputed_blocks"] == []
+    with caplog.at_level("WARNING", logger="methods.cafo"):
+        none, _ = frozen("cafo_rand", "method.hp.cache_budget_mb=0")
+    [warning] = caplog.records
+    assert "block(s) 1, 2, 3" in warning.getMessage() and "cache_budget_mb" in warning.getMessage()
+    cache = none.extra_metrics()["feature_cache"]
+    assert cache["kept_blocks"] == [] and cache["recomputed_blocks"] == [1, 2, 3] and cache["kept_mib"] == 0
+    assert cache["all_blocks_mib"] == pytest.approx(whole.extra_metrics()["feature_cache"]["kept_mib"])
