@@ -89,6 +89,55 @@ def test_audit_catches_a_changed_frozen_block():
     assert any("frozen parameter changed" in v for v in report.violations)
 
 
+def test_audit_proves_the_physical_black_box_is_never_differentiated():
+    """pff's physical layers run under no_grad: the audit, which sees every backward pass, finds
+    none reaching them. A version that runs them with autograd on (as if the simulator were a
+    differentiable model of the physics) is caught, because their parameters belong to no unit."""
+    from methods import pff
+
+    method, data = build("pff", "arch=mlp_2x256")
+    idx = torch.arange(16)
+    assert audit.audit_step(method, data.train_x[idx], data.train_y[idx], idx).ok
+    assert all(p.requires_grad for p in method.frozen_parameters())  # a traced use would show
+
+    traced = pff.PhysicalLayer.forward.__wrapped__  # the same map without its no_grad
+
+    def differentiable(self, x):
+        with torch.enable_grad():
+            return traced(self, x)
+
+    original = pff.PhysicalLayer.forward
+    pff.PhysicalLayer.forward = differentiable
+    try:
+        h = method.with_label(data.train_x[idx], data.train_y[idx])
+        assert method.modules["physical"][0](h).requires_grad  # now it is traced
+        broken = PFFThroughThePhysics(method)
+        report = audit.audit_step(broken, data.train_x[idx], data.train_y[idx], idx)
+    finally:
+        pff.PhysicalLayer.forward = original
+    assert any("no declared unit" in v for v in report.violations), report.violations
+
+
+class PFFThroughThePhysics:
+    """pff with its layer boundary removed too: the second layer's loss flows back through the
+    (now traced) physical layer into the first, the way a model-based trainer would."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def __getattr__(self, name):
+        return getattr(self.method, name)
+
+    def train_step(self, x, y, idx):
+        m = self.method
+        h = m.with_label(x, y)
+        for k in range(len(m.optimizers)):
+            h = m.layer_output(k, h)  # no detach between layers
+        loss = -m.goodness(len(m.optimizers) - 1, h).mean()
+        loss.backward()
+        return loss.detach()
+
+
 def test_audit_sees_bp_as_one_global_pass():
     method, data = build("bp")
     [report] = audit.audit_phases(method, data)
