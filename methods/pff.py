@@ -50,17 +50,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.spec import Locality, Method, register
-from methods._optim import OPTIMIZERS, make_optimizer
+from methods._optim import OptimizerHyper, make_optimizer
 
 LABEL_ROWS = 10  # the label block's height: one row per class (the reference's X = 10)
 
 
 @dataclass
-class PFFHyper:
-    optimizer: str = field(metadata={"choices": OPTIMIZERS})
-    lr: float = field(metadata={"gt": 0})
-    weight_decay: float = field(metadata={"ge": 0})
-    momentum: float = field(metadata={"ge": 0, "le": 1})
+class PFFHyper(OptimizerHyper):
     threshold: float = field(metadata={"gt": 0})  # the contrastive loss's scale (reference: 5)
     internal_steps: int = field(metadata={"ge": 1})  # optimiser steps per layer on each batch (reference: 20)
     physical_noise: float = field(metadata={"ge": 0})  # read-out noise, relative to the mean magnitude
