@@ -211,6 +211,9 @@ def check_speed_options(train: TrainConfig, method_cls, device: torch.device) ->
     if train.autocast == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError(f"train.autocast=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support",
                         "set train.autocast=none")
+    if train.compile and train.checkpoint_minutes > 0:
+        raise UserError("train.compile=true with train.checkpoint_minutes > 0: compiled modules cannot be saved whole",
+                        "set train.compile=false or train.checkpoint_minutes=0")
 
 
 def check_writable(folder: Path) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmark import checkpoint as ckpt
 from benchmark.data import Splits, batches, crop_flip
 from benchmark.meters import Meters
 from benchmark.spec import Method
@@ -67,6 +68,9 @@ class TrainConfig:
     # the validation loss (some papers' codes stop on it). Either way the state restored is the one
     # with the best validation accuracy: the harness's protocol does not change with a paper's rule.
     stop_on: str = field(default="val_accuracy", metadata={"choices": ("val_accuracy", "val_loss")})
+    # Save the run's whole state at an epoch's end at most every this many minutes, so the same
+    # command run again goes on from there (benchmark/checkpoint.py); 0 = never. Single runs only.
+    checkpoint_minutes: float = field(default=0.0, metadata={"ge": 0})
 
 
 def precision(cfg: TrainConfig, device: torch.device):
@@ -168,6 +172,29 @@ class EpochLog:
         pass
 
 
+@dataclass
+class Progress:
+    """Where a run stands at the end of an epoch: with the method and the random streams, all a
+    checkpoint needs to go on from there (benchmark/checkpoint.py)."""
+
+    phase_index: int = 0
+    epochs_in_phase: int = 0  # epochs of the current phase already run
+    epoch_no: int = 0  # over the whole run
+    step_no: int = 0  # over the whole run, for the diagnostics' schedule
+    samples_seen: int = 0
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    phase_best: float = -1.0  # the phase's best validation accuracy so far
+    phase_best_loss: float = math.inf
+    phase_state: dict | None = None  # the method's state at phase_best (restore_best)
+    bad_epochs: int = 0  # epochs since what stop_on watches last improved
+    resumed_at_epochs: list[int] = field(default_factory=list)
+
+    def start_phase(self, index: int) -> None:
+        self.phase_index, self.epochs_in_phase = index, 0
+        self.phase_best, self.phase_best_loss, self.phase_state, self.bad_epochs = -1.0, math.inf, None, 0
+
+
 def train(
     method: Method,
     data: Splits,
@@ -178,34 +205,49 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     desc: str = "",
     alignment=None,
+    checkpoint=None,
+    resume: dict | None = None,
 ) -> dict:
     """Train `method` on `data` and return the run's metrics (see benchmark/results.py).
-    `alignment` (benchmark.diagnostics.Alignment, or None): measured at the steps it plans."""
+    `alignment` (benchmark.diagnostics.Alignment, or None): measured at the steps it plans.
+    `checkpoint` (benchmark.checkpoint.Checkpointer, or None): saved at epoch ends when due;
+    `resume`: the state it loaded, to go on from (`method` is then the checkpoint's own)."""
     order = torch.Generator().manual_seed(seed)
     augment_rng = torch.Generator(device=data.train_x.device).manual_seed(seed)
     data = apply_speed_options(method, data, cfg)
     autocast = lambda: precision(cfg, data.train_x.device)  # noqa: E731
     n = len(data.train_y)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    history: list[dict] = []
     status, stop_reason, error = "completed", "max_epochs", None
-    best_epoch, samples_seen, epoch_no = 0, 0, 0
     phases = method.phases(cfg.epochs)
-    bar = progress_bar(sum(p.epochs for p in phases), desc)
-    step_no = 0  # over the whole run, for the diagnostics' schedule
+    progress = Progress()
+    if resume is not None:
+        progress = resume["progress"]
+        progress.resumed_at_epochs.append(progress.epoch_no)
+        ckpt.set_rng_states(resume["rng"], order, augment_rng)
+    p = progress
+    history = p.history
+    bar = progress_bar(sum(ph.epochs for ph in phases), desc)
+    bar.update(p.epoch_no)
     if alignment is not None:
-        alignment.plan(sum(p.epochs for p in phases) * steps_per_epoch)
+        alignment.plan(sum(ph.epochs for ph in phases) * steps_per_epoch)
     try:
-        for phase in phases:
-            with meters.window("train"):
-                meters.start_phase(
-                    lambda: method.start_phase(phase, data.train_x, data.train_y, phase.epochs * steps_per_epoch), phase.name
-                )
-            phase_best, phase_state, bad_epochs = -1.0, None, 0
-            phase_best_loss = math.inf
+        for phase_index, phase in enumerate(phases):
+            if phase_index < p.phase_index:
+                continue  # finished before the checkpoint
+            if p.epochs_in_phase and phase_index == p.phase_index:
+                meters.resume_phase(phase.name)  # set up before the checkpoint; the method holds it
+            else:
+                p.start_phase(phase_index)
+                with meters.window("train"):
+                    meters.start_phase(
+                        lambda: method.start_phase(phase, data.train_x, data.train_y, phase.epochs * steps_per_epoch), phase.name
+                    )
             phase_reason = "max_epochs"
-            for _ in range(phase.epochs):
-                epoch_no += 1
+            while p.epochs_in_phase < phase.epochs:
+                p.epoch_no += 1
+                p.epochs_in_phase += 1
+                epoch_no = p.epoch_no
                 t0 = meters.elapsed()["seconds"]
                 with meters.window("train"):
                     loss_sum = torch.zeros((), device=data.train_x.device)
@@ -215,14 +257,14 @@ def train(
                             x = crop_flip(x, augment_rng, data.pad_value)
                         with autocast():
                             run_step = lambda: meters.train_step(lambda: method.train_step(x, y, idx), len(idx), method.modules.parameters())  # noqa: E731
-                            if alignment is not None and alignment.wants(step_no):
-                                loss = alignment.step(x, y, step_no, epoch_no, meters, run_step)
+                            if alignment is not None and alignment.wants(p.step_no):
+                                loss = alignment.step(x, y, p.step_no, epoch_no, meters, run_step)
                             else:
                                 loss = run_step()
                         loss_sum += loss.float()
-                        step_no += 1
+                        p.step_no += 1
                     train_loss = loss_sum.item() / steps_per_epoch  # the epoch's one sync
-                samples_seen += n
+                p.samples_seen += n
                 if not math.isfinite(train_loss):
                     status, stop_reason = "diverged", "non-finite training loss"
                     error = f"training loss became {train_loss} in epoch {epoch_no} (phase {phase.name})"
@@ -240,26 +282,31 @@ def train(
                 bar.set_postfix(phase=phase.name, loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
                 # min_delta is in the unit of what the patience watches (accuracy 0..1, or loss).
                 acc_delta = cfg.min_delta if cfg.stop_on == "val_accuracy" else 0.0
-                better_acc = val_acc > phase_best + acc_delta
+                better_acc = val_acc > p.phase_best + acc_delta
                 if better_acc:
-                    phase_best, best_epoch = val_acc, epoch_no
+                    p.phase_best, p.best_epoch = val_acc, epoch_no
                     if cfg.restore_best:
-                        phase_state = method.state_dict()
-                better_loss = val_loss < phase_best_loss - cfg.min_delta
+                        p.phase_state = method.state_dict()
+                better_loss = val_loss < p.phase_best_loss - cfg.min_delta
                 if better_loss:
-                    phase_best_loss = val_loss
+                    p.phase_best_loss = val_loss
                 improved = better_acc if cfg.stop_on == "val_accuracy" else better_loss
-                bad_epochs = 0 if improved else bad_epochs + 1
+                p.bad_epochs = 0 if improved else p.bad_epochs + 1
+                stopping = bool(cfg.patience and p.bad_epochs >= cfg.patience)
+                if checkpoint is not None and not stopping and p.epochs_in_phase < phase.epochs and checkpoint.due():
+                    # Outside the train and eval windows: its seconds count in the run's total only.
+                    checkpoint.save({"method": method, "progress": p, "rng": ckpt.rng_states(order, augment_rng),
+                                     "meters": meters.snapshot()})
                 if on_epoch is not None:
                     on_epoch(record)  # may raise Pruned or BudgetExhausted
-                if cfg.patience and bad_epochs >= cfg.patience:
+                if stopping:
                     phase_reason = "early_stopping"
                     break
             if status != "completed":
                 break
             stop_reason = phase_reason
-            if cfg.restore_best and phase_state is not None:
-                method.load_state_dict(phase_state)
+            if cfg.restore_best and p.phase_state is not None:
+                method.load_state_dict(p.phase_state)
     except Pruned as err:
         status, stop_reason, error = "pruned", "pruned", str(err) or "pruned by the tuner"
     except BudgetExhausted as err:
@@ -268,17 +315,19 @@ def train(
         bar.close()
 
     metrics = {
-        "epochs_run": epoch_no,
-        "best_epoch": best_epoch,
+        "epochs_run": p.epoch_no,
+        "best_epoch": p.best_epoch,
         "stop_reason": stop_reason,
         "history": history,
         "val_accuracy": None,
         "val_loss": None,
         "test_accuracy": None,
         "test_loss": None,
-        "train_samples": samples_seen,
+        "train_samples": p.samples_seen,
         "extra": {},
     }
+    if p.resumed_at_epochs:
+        metrics["resumed_at_epochs"] = p.resumed_at_epochs  # from checkpoints, after these epochs
     if status == "completed":
         with meters.window("eval"):
             metrics["val_accuracy"], metrics["val_loss"] = evaluate(

@@ -91,6 +91,9 @@ class Meters:
         self._step_flops_per_sample: float | None = None
         self._eval_flops_per_sample: dict[str, float] = {}
         self._tracker = codecarbon_tracker(cfg.country_iso_code) if cfg.emissions else None
+        self._carbon_parts: list[dict] = []  # CodeCarbon tasks already ended (checkpoints)
+        # A run resumed from a checkpoint: what its earlier processes measured (resume_from).
+        self._earlier = {"wall_s": 0.0, "diagnostics_s": 0.0, "peak_memory": None, "segments": 1}
         if cfg.cooldown_s > 0:
             time.sleep(cfg.cooldown_s)  # heat from an earlier trial raises the next one's readings
         self._start_memory()
@@ -224,10 +227,49 @@ class Meters:
             out = fn()
         return out, counter.get_total_flops()
 
+    # -- checkpoints: a run resumed in another process carries its earlier totals ---------------
+    def snapshot(self) -> dict:
+        """The totals so far, for a checkpoint (benchmark/checkpoint.py). CodeCarbon's task is
+        ended and restarted, so its estimate up to here survives the process."""
+        sync(self.device)
+        self._flush_tracker()
+        memory = self._memory_figures().get("peak_memory")
+        peaks = [v for v in (self._earlier["peak_memory"], memory and memory["value"]) if v is not None]
+        return {
+            "seconds": dict(self.seconds), "joules": dict(self.joules), "flops": dict(self.flops),
+            "activation_bytes": self.activation_bytes, "short_window_estimate": self.short_window_estimate,
+            "wall_s": self._wall_s(), "diagnostics_s": self.seconds["diagnostics"],
+            "peak_memory": max(peaks) if peaks else None, "carbon_parts": list(self._carbon_parts),
+            "segments": self._earlier["segments"],
+        }
+
+    def resume_from(self, snap: dict) -> None:
+        """Go on from a checkpoint's totals: time, energy and FLOPs add up, peaks take the larger.
+        Work an earlier process did after its last checkpoint is redone here and counted once."""
+        for name in ("seconds", "joules", "flops"):
+            for k, v in snap[name].items():
+                getattr(self, name)[k] = getattr(self, name).get(k, 0.0) + v
+        if snap["activation_bytes"] is not None:
+            self.activation_bytes = max(self.activation_bytes or 0, snap["activation_bytes"])
+        self.short_window_estimate |= snap["short_window_estimate"]
+        self._carbon_parts = list(snap["carbon_parts"]) + self._carbon_parts
+        self._earlier = {"wall_s": snap["wall_s"], "diagnostics_s": snap["diagnostics_s"],
+                         "peak_memory": snap["peak_memory"], "segments": snap["segments"] + 1}
+
+    def resume_phase(self, name: str) -> None:
+        """The phase a checkpoint was taken in (its set-up ran in the earlier process)."""
+        self._phase = name
+        self._step_flops_per_sample = None
+
+    def _wall_s(self) -> float:
+        """Seconds of the run so far, diagnostics left out, earlier processes' included."""
+        here = time.perf_counter() - self._t0 - (self.seconds["diagnostics"] - self._earlier["diagnostics_s"])
+        return here + self._earlier["wall_s"]
+
     # -- the record ----------------------------------------------------------------------------
     def summary(self, train_samples: int, epoch_seconds: list[float]) -> dict:
         sync(self.device)
-        total_s = time.perf_counter() - self._t0 - self.seconds["diagnostics"]
+        total_s = self._wall_s()
         clock = time_source(self.device)
         out = {
             "time_total": figure(total_s, "s", clock, False),
@@ -249,6 +291,13 @@ class Meters:
                 note="diagnostics during training (alignment with BP), kept out of every other time and energy figure",
             )
         out.update(self._memory_figures())
+        segments = self._earlier["segments"]
+        if segments > 1:
+            if "peak_memory" in out and self._earlier["peak_memory"] is not None:
+                out["peak_memory"]["value"] = max(out["peak_memory"]["value"], self._earlier["peak_memory"])
+                out["peak_memory"]["note"] = f"largest over the run's {segments} processes (resumed from checkpoints)"
+            out["time_total"]["note"] = (f"sum over the run's {segments} processes (resumed from checkpoints); work "
+                                         "redone after a process stopped is counted once")
         if self.activation_bytes is not None:
             out["activation_memory"] = figure(
                 self.activation_bytes, "B", "autograd saved-tensor hooks: peak bytes held for backward in one training step",
@@ -283,24 +332,40 @@ class Meters:
             source += "; VmHWM could not be reset, so an earlier peak in this process may be included"
         return {"peak_memory": figure(max(hwm - rss0, 0) * 1024, "B", source, False)}
 
+    def _flush_tracker(self) -> None:
+        """End CodeCarbon's task now and keep its figures; a new task goes on measuring."""
+        if self._tracker is None:
+            return
+        try:
+            self._carbon_parts.append(_carbon_part(self._tracker.stop_task()))
+            self._tracker.start_task("run")
+        except Exception as err:
+            log.warning("CodeCarbon task flush failed: %s", err)
+
     def _stop_tracker(self) -> dict:
         if self._tracker is None:
             return {}
+        parts = list(self._carbon_parts)
         try:
-            data = self._tracker.stop_task()
+            parts.append(_carbon_part(self._tracker.stop_task()))
         except Exception as err:
             log.warning("CodeCarbon stop failed: %s", err)
-            return {}
+            if not parts:
+                return {}
         kwh_to_j = 3.6e6
         src = "codecarbon_offline_estimate"
+        total = {k: sum(p[k] for p in parts) for k in ("energy_consumed", "emissions", "cpu_energy", "gpu_energy", "ram_energy")}
+        last = parts[-1]
+        extra = {"note": f"sum of {len(parts)} CodeCarbon tasks (the run was checkpointed)"} if len(parts) > 1 else {}
         return {
-            "energy_j": data.energy_consumed * kwh_to_j,
+            "energy_j": total["energy_consumed"] * kwh_to_j,
             "figures": {
                 "emissions": figure(
-                    data.emissions, "kg CO2eq", src, True,
-                    country=data.country_iso_code, tracking_mode=data.tracking_mode,
-                    cpu_energy_j=data.cpu_energy * kwh_to_j, gpu_energy_j=data.gpu_energy * kwh_to_j,
-                    ram_energy_j=data.ram_energy * kwh_to_j, cpu_model=data.cpu_model, gpu_model=data.gpu_model,
+                    total["emissions"], "kg CO2eq", src, True,
+                    country=last["country_iso_code"], tracking_mode=last["tracking_mode"],
+                    cpu_energy_j=total["cpu_energy"] * kwh_to_j, gpu_energy_j=total["gpu_energy"] * kwh_to_j,
+                    ram_energy_j=total["ram_energy"] * kwh_to_j, cpu_model=last["cpu_model"], gpu_model=last["gpu_model"],
+                    **extra,
                 ),
             },
         }
@@ -328,3 +393,10 @@ class Meters:
                 extra["fallback"] = "; ".join(self.notes)
             return {f"energy_{k}": figure(per_s * self.seconds[k], "J", src, True, **extra) for k in ("train", "eval")}
         return {}
+
+
+def _carbon_part(data) -> dict:
+    """The fields of one CodeCarbon task's EmissionsData the record uses, as a plain dict."""
+    keys = ("energy_consumed", "emissions", "cpu_energy", "gpu_energy", "ram_energy", "country_iso_code",
+            "tracking_mode", "cpu_model", "gpu_model")
+    return {k: getattr(data, k) for k in keys}

@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 import torch
 from omegaconf import OmegaConf
 
+from benchmark import checkpoint, diagnostics, environment, loop, results
 from benchmark import data as data_mod
-from benchmark import diagnostics, environment, loop, results
 from benchmark.config import Job, build_method, to_dict
 from benchmark.meters import Meters
 
@@ -69,6 +69,13 @@ def _same_run_key(train: dict, dataset: dict, batch_size: int | None) -> tuple:
     return (*(train.get(k, default) for k, default in SAME_RUN_TRAIN_KEYS.items()), dataset.get("val_size"), batch_size)
 
 
+def _identity(job: Job, seed: int, hp) -> tuple:
+    """What a run of `job` is: cell, seed, hyperparameters, arch, budget, stopping rule, held-out size."""
+    cfg = job.cfg
+    return (cell_name(cfg), seed, dict(vars(hp)), to_dict(cfg.arch),
+            _same_run_key(dict(vars(job.train)), to_dict(cfg.dataset), job.train.batch_size))
+
+
 def finished_earlier(job: Job) -> dict | None:
     """A completed single run of this job already in its experiment's runs.jsonl: the same cell,
     seed, hyperparameters, arch, budget, stopping rule and held-out size. Experiments that set
@@ -76,8 +83,7 @@ def finished_earlier(job: Job) -> dict | None:
     resumes where it stopped."""
     cfg = job.cfg
     named_batch = job.train.batch_size  # None: the method's own
-    want = (cell_name(cfg), cfg.seed, dict(vars(job.hp)), to_dict(cfg.arch),
-            _same_run_key(dict(vars(job.train)), to_dict(cfg.dataset), named_batch))
+    want = _identity(job, cfg.seed, job.hp)
     for r in results.read_records(results.runs_file(cfg.results_dir, cfg.experiment_name)):
         if r.get("kind") == "run" and r.get("status") == "completed":
             config = r.get("config") or {}
@@ -87,6 +93,14 @@ def finished_earlier(job: Job) -> dict | None:
             if got == want:
                 return r
     return None
+
+
+def checkpointer(job: Job, seed: int, hp) -> checkpoint.Checkpointer:
+    """The checkpoint file of this run (benchmark/checkpoint.py), named by the run's identity."""
+    cfg = job.cfg
+    key = checkpoint.run_key([cfg.experiment_name, cfg.method.name, cfg.dataset.name, *_identity(job, seed, hp)])
+    path = results.runs_file(cfg.results_dir, cfg.experiment_name).parent / "checkpoints" / f"{key}.pt"
+    return checkpoint.Checkpointer(path, key, job.train.checkpoint_minutes)
 
 
 def execute(
@@ -114,13 +128,21 @@ def execute(
     meters = None
     watch = job.diagnostics.enabled and kind != "trial"  # never in tuning: a trial's cost is the method's
     alignment = None
+    # Single runs checkpoint when asked (trials are short and tuned afresh); diagnostics runs do not
+    # (their alignment schedule is not saved).
+    saver = checkpointer(job, seed, hp) if job.train.checkpoint_minutes > 0 and kind == "run" and not watch else None
+    resume = saver.load() if saver is not None else None
     try:
-        method = build_method(job, data, hp)
+        method = build_method(job, data, hp) if resume is None else resume["method"]
         meters = Meters(job.measure, job.device)
+        if resume is not None:
+            meters.resume_from(resume["meters"])
+            log.info("resuming %s seed %d from its checkpoint after epoch %d", cell_name(cfg), seed,
+                     resume["progress"].epoch_no)
         if watch:
             alignment = diagnostics.Alignment(method, job.diagnostics.alignment_points)
         outcome = loop.train(method, data, train_cfg, meters, seed, evaluate_test, on_epoch, desc=cell_name(cfg),
-                             alignment=alignment)
+                             alignment=alignment, checkpoint=saver, resume=resume)
     except loop.Pruned:
         raise
     except Exception as err:  # noqa: BLE001 - any fault in a trial is recorded, the sweep goes on
@@ -174,4 +196,6 @@ def execute(
         record["diagnostics"] = diagnosed
     if write:
         results.append(results.runs_file(cfg.results_dir, cfg.experiment_name), record)
+    if saver is not None:
+        saver.discard()  # the record is written: the run is over, whatever its status
     return record
