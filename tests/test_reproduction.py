@@ -39,10 +39,26 @@ def test_a_reproduction_is_composed_from_the_mode_untuned_on_distinct_seeds(expe
             assert figure.get("protocol") in ("final_epoch", "best_test_epoch", "best_val")
 
 
+def paper_file(name: str) -> tuple[dict, dict]:
+    """(the groups it picks, the values it sets) of a configs/paper/ file as written, with the
+    paper files it builds on (a plain entry of its defaults: one cell's settings for another's)
+    read first, as Hydra composes them."""
+    written = OmegaConf.to_container(OmegaConf.load(config.CONFIG_DIR / "paper" / f"{name}.yaml"))
+    groups, values = {}, {}
+    for entry in written.pop("defaults"):
+        if isinstance(entry, str) and entry != "_self_":
+            base_groups, base_values = paper_file(entry)
+            groups.update(base_groups)
+            values = OmegaConf.to_container(OmegaConf.merge(values, base_values))
+        elif isinstance(entry, dict):
+            groups.update({k.removeprefix("override /"): v for k, v in entry.items()})
+    return groups, OmegaConf.to_container(OmegaConf.merge(values, written))
+
+
 def paper_settings(job) -> dict:
-    """What the job's configs/paper/ file (if any) sets, as written."""
+    """What the job's configs/paper/ file (if any) sets."""
     [name] = [o.split("=", 1)[1] for o in job.overrides if o.startswith("paper=")] or [None]
-    return OmegaConf.to_container(OmegaConf.load(config.CONFIG_DIR / "paper" / f"{name}.yaml")) if name else {}
+    return paper_file(name)[1] if name else {}
 
 
 PAPERS = sorted(p.stem for p in (config.CONFIG_DIR / "paper").glob("*.yaml"))
@@ -53,8 +69,7 @@ def test_a_paper_cell_composes_to_its_own_settings_and_is_reproduced(paper, tmp_
     """A configs/paper/ file is one published cell: it picks the method, arch and dataset and sets
     the paper's values, which win over the experiment's; some repro_* experiment sweeps it."""
     [job] = config.preflight([f"paper={paper}", f"results_dir={tmp_path}"])
-    written = OmegaConf.to_container(OmegaConf.load(config.CONFIG_DIR / "paper" / f"{paper}.yaml"))
-    groups = {k.removeprefix("override /"): v for d in written["defaults"] for k, v in d.items()}
+    groups, written = paper_file(paper)
     assert (job.cfg.method.name, job.cfg.arch.name, job.cfg.dataset.name) == (groups["method"], groups["arch"], groups["dataset"])
     for key, value in written.get("method", {}).get("hp", {}).items():
         assert getattr(job.hp, key) == (pytest.approx(value) if isinstance(value, float) else value), key
