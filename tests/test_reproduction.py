@@ -64,8 +64,15 @@ def paper_settings(job) -> dict:
 PAPERS = sorted(p.stem for p in (config.CONFIG_DIR / "paper").glob("*.yaml"))
 
 
+@pytest.fixture(scope="module")
+def every_repro_job(tmp_path_factory) -> list:
+    """Every job of every repro_* experiment, composed once for all the paper files' checks."""
+    results = tmp_path_factory.mktemp("repro-results")
+    return [j for e in REPROS for j in config.preflight([f"experiment={e}", f"results_dir={results}"])]
+
+
 @pytest.mark.parametrize("paper", PAPERS)
-def test_a_paper_cell_composes_to_its_own_settings_and_is_reproduced(paper, tmp_path):
+def test_a_paper_cell_composes_to_its_own_settings_and_is_reproduced(paper, tmp_path, every_repro_job):
     """A configs/paper/ file is one published cell: it picks the method, arch and dataset and sets
     the paper's values, which win over the experiment's; some repro_* experiment sweeps it."""
     [job] = config.preflight([f"paper={paper}", f"results_dir={tmp_path}"])
@@ -75,8 +82,7 @@ def test_a_paper_cell_composes_to_its_own_settings_and_is_reproduced(paper, tmp_
         assert getattr(job.hp, key) == (pytest.approx(value) if isinstance(value, float) else value), key
     for key, value in written.get("train", {}).items():
         assert getattr(job.train, key) == value
-    swept = [j for e in REPROS for j in config.preflight([f"experiment={e}", f"results_dir={tmp_path}"])
-             if f"paper={paper}" in j.overrides]
+    swept = [j for j in every_repro_job if f"paper={paper}" in j.overrides]
     assert swept, f"no repro_* experiment sweeps paper={paper}"
     assert {j.train.epochs for j in swept} == {job.train.epochs}
     assert {j.train.test_every_epoch for j in swept} == {written.get("train", {}).get("test_every_epoch", True)}
