@@ -119,11 +119,28 @@ class FeatureStore:
         }
         self.nbytes = sum(t.numel() * itemsize for t in self.kept.values())
         self.full_nbytes = sum(row_items) * itemsize * len(x)  # what keeping every block would take
-        with torch.no_grad():
-            for start in range(0, len(x) if self.kept else 0, chunk):
-                for i, h in enumerate(_block_outputs(blocks, x[start : start + chunk])):
-                    if i in self.kept:
-                        self.kept[i][start : start + chunk] = h.flatten(1)
+        self.chunk = chunk
+        self._fill()
+
+    @torch.no_grad()
+    def _fill(self) -> None:
+        for start in range(0, len(self.x) if self.kept else 0, self.chunk):
+            for i, h in enumerate(_block_outputs(self.blocks, self.x[start : start + self.chunk])):
+                if i in self.kept:
+                    self.kept[i][start : start + self.chunk] = h.flatten(1)
+
+    # A checkpoint (benchmark/checkpoint.py) leaves the kept features out, up to gigabytes, and
+    # recomputes them when loaded: the blocks are frozen, so they come back the same.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["kept"] = {i: (t.shape, t.dtype) for i, t in self.kept.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        device = self.x.device
+        self.kept = {i: torch.empty(shape, dtype=dtype, device=device) for i, (shape, dtype) in state["kept"].items()}
+        self._fill()
 
     @property
     def kept_blocks(self) -> set[int]:
