@@ -292,7 +292,7 @@ def train(
                     p.phase_best_loss = val_loss
                 improved = better_acc if cfg.stop_on == "val_accuracy" else better_loss
                 p.bad_epochs = 0 if improved else p.bad_epochs + 1
-                stopping = bool(cfg.patience and p.bad_epochs >= cfg.patience)
+                stopping = bool(cfg.patience and p.bad_epochs >= cfg.patience and not phase.fixed)
                 if checkpoint is not None and not stopping and p.epochs_in_phase < phase.epochs and checkpoint.due():
                     # Outside the train and eval windows: its seconds count in the run's total only.
                     checkpoint.save({"method": method, "progress": p, "rng": ckpt.rng_states(order, augment_rng),
@@ -305,7 +305,7 @@ def train(
             if status != "completed":
                 break
             stop_reason = phase_reason
-            if cfg.restore_best and p.phase_state is not None:
+            if cfg.restore_best and p.phase_state is not None and not phase.fixed:
                 method.load_state_dict(p.phase_state)
     except Pruned as err:
         status, stop_reason, error = "pruned", "pruned", str(err) or "pruned by the tuner"

@@ -68,10 +68,13 @@ def names() -> list[str]:
 
 @dataclass(frozen=True)
 class Phase:
-    """A stretch of training with its own epoch budget and its own early stopping."""
+    """A stretch of training with its own epoch budget and its own early stopping. A `fixed` phase
+    is a set budget, as its paper trains it: every epoch runs, and it ends at its last state (no
+    early stopping, no restore of its best-validation state)."""
 
     name: str
     epochs: int
+    fixed: bool = False
 
 
 @dataclass(frozen=True)

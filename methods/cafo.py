@@ -28,7 +28,11 @@ hp.cache_budget_mb, beyond which the blocks that do not fit are recomputed per b
 repository has no DFA training script; we follow the paper's description (blocks trained by DFA
 first, then the predictors) with Adam and Gaussian feedback matrices. The comparison (Spyra 2025)
 trained the DFA blocks a fixed 5 epochs on MNIST and 250 on CIFAR-10; here they get
-hp.dfa_fraction of the run's epoch budget. Its CIFAR figures used random crop + horizontal flip,
+hp.dfa_fraction of the run's epoch budget, run in full (a fixed phase: no early stopping). The
+comparison's code gives the last block the head's backpropagated error (its DFA replaces the
+gradients of the blocks before it only) and unit-norm feedback rows; here every block, the last
+included, gets its own random projection of the error, as DFA defines it (Adam makes the
+feedback's scale immaterial). Its CIFAR figures used random crop + horizontal flip,
 which the cifar dataset configs now apply too (`augment: crop_flip`).
 """
 from __future__ import annotations
@@ -63,6 +67,7 @@ class CaFoHyper:
 class CaFoDFAHyper(CaFoHyper):
     dfa_lr: float = field(metadata={"gt": 0})
     dfa_fraction: float = field(metadata={"gt": 0, "le": 0.9})  # share of the epoch budget for DFA
+    dfa_weight_decay: float = field(default=0.0, metadata={"ge": 0})  # the blocks' and the DFA head's
 
 
 def sparsemax(z: torch.Tensor) -> torch.Tensor:
@@ -385,14 +390,16 @@ class CaFoDFA(CaFoBase):
             for i in range(len(self.modules["blocks"]))
         ]
         self.block_optimizers = [
-            make_optimizer(hp.optimizer, b.parameters(), hp.dfa_lr) for b in self.modules["blocks"]
+            make_optimizer(hp.optimizer, b.parameters(), hp.dfa_lr, hp.dfa_weight_decay) for b in self.modules["blocks"]
         ]
-        self.head_optimizer = make_optimizer(hp.optimizer, self.modules["dfa_head"].parameters(), hp.dfa_lr)
+        self.head_optimizer = make_optimizer(hp.optimizer, self.modules["dfa_head"].parameters(), hp.dfa_lr,
+                                             hp.dfa_weight_decay)
 
     def phases(self, epochs):
         dfa_epochs = min(max(1, round(epochs * self.hp.dfa_fraction)), max(epochs - 1, 1))
         predictor_epochs = 1 if self.hp.loss == "mse" else max(epochs - dfa_epochs, 1)
-        return [Phase("dfa_blocks", dfa_epochs), Phase("predictors", predictor_epochs)]
+        # The DFA epochs are a set budget (the paper's and the comparison's): no early stopping.
+        return [Phase("dfa_blocks", dfa_epochs, fixed=True), Phase("predictors", predictor_epochs)]
 
     def start_phase(self, phase, train_x, train_y, total_steps):
         if phase.name == "dfa_blocks":
