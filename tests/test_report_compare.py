@@ -106,6 +106,10 @@ def test_reproduction_reads_ours_the_papers_way_and_compares_like_with_like():
     assert best_test["ours"] == pytest.approx(0.980)  # the harness's own figure is kept beside it
     assert best_test["verdict"].startswith("within tolerance (-0.20 pp")
     assert final["verdict"] == "below by 1.10 pp"
+    assert "above the paper" not in best_test["verdict"]
+    far_above = {**refs[0], "test_accuracy": 0.960, "protocol": "best_val"}  # ours 0.980: 2 pp above, tolerance 0.5
+    [above] = numbers.reproduction(rows, [far_above])
+    assert above["verdict"].startswith("within tolerance (+2.00 pp") and "above the paper by more than that" in above["verdict"]
 
 
 def test_depth_scaling_table_one_line_per_method_and_depth():

@@ -376,8 +376,9 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
     Ours is the harness's figure (best validation epoch, test once) and, where the runs recorded
     the test accuracy per epoch, also the figure read the paper's way (`protocol`). The verdict
     compares like with like: the paper's protocol where we have it, else the harness's figure.
-    "within tolerance" when ours is at most `tolerance` below; "below by x pp" otherwise, unless the
-    runs were still rising at their budget (then the budget was too small to tell)."""
+    "within tolerance" when ours is at most `tolerance` below (and it says so when ours is more than
+    `tolerance` above); "below by x pp" otherwise, unless the runs were still rising at their budget
+    (then the budget was too small to tell)."""
     out = []
     for ref in references:
         theirs, tol = ref["test_accuracy"], ref.get("tolerance", 0.01)
@@ -391,7 +392,9 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
             as_paper = protocol_accuracy(ours.runs, protocol)
             compared = as_paper if as_paper is not None else ours.acc
             diff = compared - theirs
-            if diff >= -tol:
+            if diff > tol:  # reproduced, but far enough above to say so: the paper's run may have been weaker
+                verdict = f"within tolerance ({diff * 100:+.2f} pp; tolerance {tol * 100:.2f} pp; above the paper by more than that)"
+            elif diff >= -tol:
                 verdict = f"within tolerance ({diff * 100:+.2f} pp; tolerance {tol * 100:.2f} pp)"
             elif ours.convergence.rising:
                 verdict = "budget too small to tell: " + ours.convergence.phrase()
