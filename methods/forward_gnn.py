@@ -1,11 +1,13 @@
-"""Forward learning of graph neural networks: `fgnn_ff` (forward-forward with label appending) and
-`fgnn_sf` (single forward with virtual class nodes).
+"""Forward learning of graph neural networks: `fgnn_ff` (forward-forward with label appending),
+`fgnn_sf` (single forward with virtual class nodes) and `fgnn_sf_topdown` (single forward with
+top-down signals from the layers above).
 
 Park, Wang, Simoulin, Yang, Yang, Rossi, Trivedi, Ahmed, "Forward Learning of Graph Neural
 Networks", ICLR 2024; reference code facebookresearch/forwardgnn (src/forward_learning/nodeclass:
-gnn_ff_with_label_appending.py, gnn_sf.py; loss.py; train_forward.py), read for the details below.
+gnn_ff_with_label_appending.py, gnn_sf.py, gnn_top2loss_sf.py; loss.py; train_forward.py), read
+for the details below.
 
-Both train a stack of graph layers (the arch's GCNConv or SAGEConv + ReLU, each fed the previous
+`fgnn_ff` and `fgnn_sf` train a stack of graph layers (the arch's GCNConv or SAGEConv + ReLU, each fed the previous
 layer's output L2-normalised per node) one layer at a time, each with its own Adam optimiser and
 its own early stopping on validation accuracy: layer k trains while layers < k are frozen and
 their output is a constant input. No gradient crosses a layer (the audit checks it).
@@ -20,6 +22,14 @@ their output is a constant input. No gradient crosses a layer (the audit checks 
 - Prediction: for each candidate class c, the graph with c appended on the nodes to classify and
   the true labels on the training nodes; the class whose goodness (mean of h², minus θ) summed
   over the trained layers is highest wins.
+
+`fgnn_sf_topdown`, single forward with top-down signals (the paper's SF-Top2Loss,
+`gnn_top2loss_sf.py`): every layer trains at every epoch, all together. Each layer keeps a state
+per node (its last, normalised, output). Layer k's loss is SF's cross-entropy computed on the mean
+of its own fresh output and the *previous epoch's* states of the layers above k+1 (detached: a
+top-down signal without backpropagation); that mean, normalised, is layer k's new state. Gradients
+are clipped to norm 1 per layer (the reference's). Prediction: a fresh bottom-up pass gives the
+states; per layer the same mean, softmax over the class nodes, probabilities summed over layers.
 
 `fgnn_sf`, single forward (the paper's SF, no negative inputs):
 - The graph gets C virtual nodes, one per class, with fixed random N(0, 1) features; every
@@ -45,6 +55,9 @@ Where this differs from the reference code:
   nodes; this harness's prediction has one rule for both, the training nodes' labels only (the
   validation labels are never an input), which can only cost accuracy.
 - The optimiser settings come from the YAML (Adam, lr 1e-3, weight decay 5e-4: the reference's).
+- `fgnn_sf_topdown`: the reference's first bottom-up pass feeds each layer its predecessor's raw
+  output (layer 0 the raw features), while its training feeds each layer the normalised state;
+  here both feed the normalised state (each layer normalises its input, as in the other variants).
 """
 from __future__ import annotations
 
@@ -278,4 +291,72 @@ class ForwardGNNSF(ForwardGNN):
         # layer being trained is run here.
         outputs = [*self.frozen_outputs, self.layer(self.current, self.layer_input, self.edges)]
         probabilities = sum(self.class_logits(h, x).softmax(dim=1) for h in outputs)
+        return (probabilities / len(outputs)).log()
+
+
+# ------------------------------------------------------------------------------------------------
+# Single forward with top-down signals (SF-Top2Loss)
+
+
+@dataclass
+class FGNNSFTopDownHyper(FGNNSFHyper):
+    grad_max_norm: float = field(default=1.0, metadata={"gt": 0})  # per layer (reference --grad-max-norm)
+
+
+@register
+class ForwardGNNSFTopDown(ForwardGNNSF):
+    name = "fgnn_sf_topdown"
+    Hyper = FGNNSFTopDownHyper
+
+    def __init__(self, arch, input_shape, num_classes, hp, device, graph=None):
+        super().__init__(arch, input_shape, num_classes, hp, device, graph)
+        self.states: list[torch.Tensor] = []  # per layer k, its last output state (index 0: the input)
+
+    # Every layer trains in every epoch: one phase, no layer frozen.
+    def phases(self, epochs):
+        return [Phase("all_layers", epochs)]
+
+    def start_phase(self, phase, train_x, train_y, total_steps):
+        if self.train_nodes is None:
+            self.train_nodes, self.train_labels = train_x, train_y
+            self.prepare_graph(train_x, train_y)
+        self.states, _ = self.bottom_up()
+
+    def frozen_parameters(self):
+        return []
+
+    @torch.no_grad()
+    def bottom_up(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A plain forward pass: the states (the normalised input, then each layer's normalised
+        output) and each layer's output itself."""
+        states, outputs = [normalise_rows(self.features)], []
+        for i in range(len(self.modules["layers"])):
+            outputs.append(self.layer(i, states[-1], self.edges))
+            states.append(normalise_rows(outputs[-1]))
+        return states, outputs
+
+    def with_top_down(self, k: int, output: torch.Tensor, states: list[torch.Tensor]) -> torch.Tensor:
+        """Layer k's output averaged with the states of the layers above its own (k+2.. in `states`)."""
+        return torch.stack([output, *(s.detach() for s in states[k + 2:])]).mean(dim=0)
+
+    def train_step(self, x, y, idx):
+        """One epoch of every layer, bottom to top, each against the states of the epoch before."""
+        new_states, losses = [self.states[0]], []
+        for k, (layer, optimizer) in enumerate(zip(self.modules["layers"], self.optimizers)):
+            mixed = self.with_top_down(k, self.layer(k, self.states[k].detach(), self.edges), self.states)
+            loss = F.cross_entropy(self.class_logits(mixed, x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(layer.parameters(), self.hp.grad_max_norm)
+            optimizer.step()
+            new_states.append(normalise_rows(mixed.detach()))
+            losses.append(loss.detach())
+        self.states = new_states
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def predict(self, x):
+        states, outputs = self.bottom_up()  # layer k's output on states[k]: what its loss is computed on
+        probabilities = sum(self.class_logits(self.with_top_down(k, out, states), x).softmax(dim=1)
+                            for k, out in enumerate(outputs))
         return (probabilities / len(outputs)).log()

@@ -162,6 +162,34 @@ def test_fgnn_sf_loss_is_cross_entropy_over_class_node_similarities():
     assert method.train_step(x, y, None).item() == pytest.approx(want, rel=1e-5)
 
 
+def test_fgnn_sf_topdown_trains_each_layer_on_its_output_mixed_with_the_states_above():
+    """SF-Top2Loss: layer k's loss is SF's cross-entropy on the mean of its fresh output and the
+    previous epoch's states of layers k+2.. (the layers above its own output); that mean,
+    normalised, is its next state; and prediction runs a fresh bottom-up pass."""
+    method, data = built("fgnn_sf_topdown", "arch.widths=[32,32,32]")
+    x, y = data.train_x, data.train_y
+    for _ in range(2):  # states that are not the bottom-up ones
+        method.train_step(x, y, None)
+    norm = lambda h: h / (h.norm(dim=1, keepdim=True) + 1e-8)  # noqa: E731
+    old = [s.clone() for s in method.states]
+    layers, n = method.modules["layers"], data.graph.num_nodes
+    with torch.no_grad():
+        mixed = [torch.stack([layers[k](norm(old[k]), method.edges), *old[k + 2:]]).mean(0) for k in range(3)]
+    want = [torch.nn.functional.cross_entropy(m[x] @ m[n:].T, y).item() for m in mixed]
+    assert method.train_step(x, y, None).item() == pytest.approx(sum(want) / 3, rel=1e-5)
+    for k in range(3):
+        assert torch.allclose(method.states[k + 1], norm(mixed[k]), atol=1e-6)
+    assert torch.equal(method.states[0], old[0])
+    with torch.no_grad():  # prediction: states from a fresh bottom-up pass, not the training ones
+        states = [norm(method.features)]
+        for k in range(3):
+            states.append(norm(layers[k](states[k], method.edges)))
+        probabilities = sum(torch.stack([layers[k](states[k], method.edges), *states[k + 2:]]).mean(0)[data.val_x]
+                            .matmul(torch.stack([layers[k](states[k], method.edges), *states[k + 2:]]).mean(0)[n:].T)
+                            .softmax(1) for k in range(3))
+        assert torch.allclose(method.predict(data.val_x), (probabilities / 3).log(), atol=1e-5)
+
+
 def uncached_prediction(method, x):
     """Both variants' prediction computed from scratch: every layer run on its whole graph."""
     edges, scores = method.graph.edge_index, []
