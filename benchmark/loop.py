@@ -2,9 +2,12 @@
 
 Per phase the method declares: `start_phase`, then epochs of `train_step` over index-sliced batches
 of the preloaded training tensors, validation after every epoch, early stopping on validation
-accuracy (patience, min_delta; the best state is restored at the end of the phase). A non-finite
-training loss ends the run with status "diverged". After the last phase, the test set is
-evaluated once, unless the caller is a tuning trial (which never sees the test set).
+accuracy or loss (patience, min_delta, stop_on; the best-validation-accuracy state is restored at
+the end of the phase), except in a `fixed` phase, which runs its epochs and keeps its last state.
+A non-finite training loss ends the run with status "diverged". After the last phase, the test
+set is evaluated once, unless the caller is a tuning trial (which never sees the test set). With
+`checkpoint_minutes`, the whole state is saved at epoch ends (`Progress`, benchmark/checkpoint.py)
+and a run started again goes on from there.
 
 Cost discipline: the loss is summed on the device and read once per epoch (one sync per epoch,
 not per step); the meters count FLOPs on the first step and evaluation batch of each phase and
