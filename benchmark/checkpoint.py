@@ -65,7 +65,6 @@ class Checkpointer:
     def __init__(self, path: Path, key: str, every_minutes: float, clock=time.monotonic):
         self.path, self.key, self.every_s, self.clock = Path(path), key, every_minutes * 60.0, clock
         self.last_saved = self.clock()
-        self.saved = 0
 
     def load(self) -> dict | None:
         """The state an earlier process saved for this run, or None (no file, or another run's)."""
@@ -86,7 +85,6 @@ class Checkpointer:
         torch.save({"format": FORMAT, "key": self.key, **state}, tmp)
         os.replace(tmp, self.path)
         self.last_saved = self.clock()
-        self.saved += 1
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)

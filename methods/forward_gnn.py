@@ -115,9 +115,7 @@ class ForwardGNN(Method):
 
     def start_phase(self, phase, train_x, train_y, total_steps):
         self.current = int(phase.name.removeprefix("layer"))
-        if self.train_nodes is None:
-            self.train_nodes, self.train_labels = train_x, train_y
-            self.prepare_graph(train_x, train_y)
+        self.prepare_once(train_x, train_y)
         self.frozen_prediction = {}
         with torch.no_grad():
             self.layer_input = self.input_of_layer(self.current)
@@ -137,6 +135,12 @@ class ForwardGNN(Method):
         loss.backward()
         optimizer.step()
         return loss.detach()
+
+    def prepare_once(self, train_nodes: torch.Tensor, train_labels: torch.Tensor) -> None:
+        """The variant's graph (labels appended, or class nodes added), built at the first phase."""
+        if self.train_nodes is None:
+            self.train_nodes, self.train_labels = train_nodes, train_labels
+            self.prepare_graph(train_nodes, train_labels)
 
     # -- what each variant defines ----------------------------------------------------------------
     def prepare_graph(self, train_nodes: torch.Tensor, train_labels: torch.Tensor) -> None:
@@ -317,9 +321,7 @@ class ForwardGNNSFTopDown(ForwardGNNSF):
         return [Phase("all_layers", epochs)]
 
     def start_phase(self, phase, train_x, train_y, total_steps):
-        if self.train_nodes is None:
-            self.train_nodes, self.train_labels = train_x, train_y
-            self.prepare_graph(train_x, train_y)
+        self.prepare_once(train_x, train_y)
         self.states, _ = self.bottom_up()
 
     def frozen_parameters(self):
