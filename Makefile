@@ -61,7 +61,7 @@ repro: venv data ## a paper at its own settings: EXPERIMENT=repro_<paper>; recor
 	$(MAKE) repro-report
 
 repro-report: venv ## regenerate the published reproduction report from the committed records in $(REPRO_DIR)/
-	$(PY) -m benchmark.report $(sort $(dir $(wildcard $(REPRO_DIR)/repro_*/runs.jsonl*))) --out $(REPRO_DIR)/report
+	$(PY) -m benchmark.report $(sort $(dir $(wildcard $(REPRO_DIR)/repro_*/runs.jsonl*))) --out $(REPRO_DIR)/report --all-figures
 
 report: venv ## render reports/$(EXPERIMENT)/ from $(RESULTS)/$(EXPERIMENT)
 	$(PY) -m benchmark.report $(RESULTS)/$(EXPERIMENT)

@@ -130,3 +130,24 @@ def test_same_experiment_on_two_machines_is_compared_within_each_machine(tmp_pat
     glance = pd.read_csv(out / "glance.csv").set_index("experiment @ machine")["time / BP"]
     assert glance["default @ Test CPU, 2 threads (CPU)"] == "0.5x"
     assert glance["default @ Test GPU (GPU)"] == "4x"
+
+
+def test_a_published_figure_without_runs_keeps_its_row_as_not_run(tmp_path, monkeypatch):
+    """The published reproduction table lists every figure (`--all-figures`): one nobody ran says
+    "not run" instead of vanishing, so the table also says what is still to reproduce."""
+    runs = cell(CPU, "repro", 10.0, 10.0, mf_accs=(0.980, 0.981, 0.979))
+    ran = {"method": "mf", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.98, "source": "x"}
+    unrun = {"method": "ff", "arch": "mlp_4x2000", "dataset": "mnist", "test_accuracy": 0.9842, "source": "y"}
+    table = numbers.reproduction_markdown(numbers.reproduction(numbers.summarise(runs), [ran, unrun]))
+    [ff_row] = [line for line in table.splitlines() if line.startswith("| ff |")]
+    assert ff_row.endswith("| not run |") and "98.42 % (y; best val)" in ff_row
+    assert "| mf |" in table
+    # The CLI: only with --all-figures does a figure for a cell nobody ran reach the table.
+    folder = tmp_path / "repro"
+    folder.mkdir()
+    (folder / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    monkeypatch.setattr(report, "published_figures", lambda: [ran, unrun])
+    report.main([str(folder), "--no-pdf", "--out", str(tmp_path / "some")])
+    assert "| ff |" not in (tmp_path / "some" / "reproduction.md").read_text()
+    report.main([str(folder), "--no-pdf", "--all-figures", "--out", str(tmp_path / "all")])
+    assert "| ff | mnist | mlp_4x2000 |" in (tmp_path / "all" / "reproduction.md").read_text()

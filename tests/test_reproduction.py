@@ -162,7 +162,7 @@ def test_the_published_table_is_regenerated_from_the_committed_records_and_is_th
     published = config.CONFIG_DIR.parent / "docs" / "reproduction"
     folders = sorted(p.parent for p in published.glob("repro_*/runs.jsonl*"))
     assert folders
-    report.build([str(f) for f in folders], out=tmp_path, pdf=False)
+    report.build([str(f) for f in folders], out=tmp_path, pdf=False, all_figures=True)
     table = (tmp_path / "reproduction.md").read_text()
     assert table == (published / "report" / "reproduction.md").read_text()
     assert table.strip() in (config.CONFIG_DIR.parent / "README.md").read_text()

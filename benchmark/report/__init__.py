@@ -86,9 +86,11 @@ def read_folders(run_dirs: list[Path]) -> list[dict]:
 
 
 def build(run_dir: str | Path | list, out: str | Path | None = None, references: list[dict] | None = None,
-          target_fraction: float = TARGET_FRACTION, pdf: bool = True) -> Path:
+          target_fraction: float = TARGET_FRACTION, pdf: bool = True, all_figures: bool = False) -> Path:
     """Render the report of the experiment(s) in `run_dir` (a folder holding runs.jsonl, or a list
-    of such folders to merge)."""
+    of such folders to merge). The reproduction table holds the published figures of the cells
+    run; with `all_figures`, every published figure, those without runs marked "not run" (the
+    published reproduction: a reader sees what has not been reproduced, not only what has)."""
     run_dirs = [Path(d) for d in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir])]
     records = read_folders(run_dirs)
     names = list(dict.fromkeys(r["experiment"] for r in records))
@@ -97,7 +99,7 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
     out.mkdir(parents=True, exist_ok=True)
     if references is None:
         cells = {(r.get("method"), r.get("arch"), r.get("dataset")) for r in records}
-        references = [f for f in published_figures() if (f["method"], f["arch"], f["dataset"]) in cells]
+        references = [f for f in published_figures() if all_figures or (f["method"], f["arch"], f["dataset"]) in cells]
     runs = final_runs(records)
     rows = summarise(runs)
     fixed = fixed_targets(records)
@@ -161,11 +163,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="output folder (default reports/<experiment>)")
     parser.add_argument("--target-fraction", type=float, default=TARGET_FRACTION)
     parser.add_argument("--no-pdf", action="store_true")
+    parser.add_argument("--all-figures", action="store_true", help="list every published figure in the "
+                        "reproduction table, those without runs as 'not run' (make repro-report)")
     args = parser.parse_args(argv)
     from benchmark.errors import UserError
 
     try:
-        out = build(args.run_dir if len(args.run_dir) > 1 else args.run_dir[0], args.out, target_fraction=args.target_fraction, pdf=not args.no_pdf)
+        out = build(args.run_dir if len(args.run_dir) > 1 else args.run_dir[0], args.out, target_fraction=args.target_fraction, pdf=not args.no_pdf,
+                    all_figures=args.all_figures)
     except UserError as err:
         print(f"bpfree-bench report: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -522,7 +522,8 @@ def reproduction_display(verdicts: list[dict]) -> pd.DataFrame:
 def reproduction_markdown(verdicts: list[dict]) -> str:
     """The reproduction table as Markdown, the README's table verbatim (one row per figure and
     machine run): paper's figure with its source and how it was read, ours both ways, the
-    seeds, epochs and machine, the verdict."""
+    seeds, epochs and machine, the verdict. A figure with no runs behind it keeps its row, "not
+    run", so the table also says what is still to reproduce."""
     def pct(value, ci=None):
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "–"
@@ -531,14 +532,13 @@ def reproduction_markdown(verdicts: list[dict]) -> str:
     lines = ["| method | dataset | arch | paper (source; how read) | ours: harness (best-val epoch), mean ± 95 % CI "
              "| ours read the paper's way | seeds; epochs; machine | verdict |", "|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
-        if v.get("ours") is None:
-            continue
+        ran = v.get("ours") is not None
         paper_way = "(same)" if v["protocol"] == "best_val" else f"{pct(v.get('ours_protocol'))} ({v['protocol'].replace('_', ' ')})"
         lines.append(" | ".join([
             f"| {v['method']}", v["dataset"], v["arch"],
             f"{v['test_accuracy'] * 100:.2f} % ({v.get('source', '')}; {v['protocol'].replace('_', ' ')})",
-            pct(v["ours"], v.get("ours_ci")), paper_way,
-            f"{v.get('seeds', '')}; {v.get('epochs') or '–'}; {v.get('machine') or '–'}", f"{v['verdict']} |"]))
+            pct(v["ours"], v.get("ours_ci")), paper_way if ran else "–",
+            f"{v.get('seeds', '')}; {v.get('epochs') or '–'}; {v.get('machine') or '–'}" if ran else "–", f"{v['verdict']} |"]))
     return "\n".join(lines) + "\n"
 
 
