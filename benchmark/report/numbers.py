@@ -513,7 +513,7 @@ def reproduction_display(verdicts: list[dict]) -> pd.DataFrame:
         "published (%)": fmt(v["test_accuracy"] * 100), "source": v.get("source", ""),
         "how the paper read it": v["protocol"].replace("_", " "),
         "ours, harness (%, best val epoch, mean ± 95% CI)": pct(v["ours"], v.get("ours_ci")),
-        "ours, read the paper's way (%)": pct(v.get("ours_protocol")) if v["protocol"] != "best_val" else "(same)",
+        "ours, read the paper's way (%)": "(same)" if v["protocol"] == "best_val" and v["ours"] is not None else pct(v.get("ours_protocol")),
         "seeds": v.get("n", 0), "epochs": v.get("epochs") or "–", "machine": v.get("machine") or "–",
         "verdict": v["verdict"],
     } for v in verdicts])
@@ -532,13 +532,16 @@ def reproduction_markdown(verdicts: list[dict]) -> str:
     lines = ["| method | dataset | arch | paper (source; how read) | ours: harness (best-val epoch), mean ± 95 % CI "
              "| ours read the paper's way | seeds; epochs; machine | verdict |", "|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
-        ran = v.get("ours") is not None
-        paper_way = "(same)" if v["protocol"] == "best_val" else f"{pct(v.get('ours_protocol'))} ({v['protocol'].replace('_', ' ')})"
-        lines.append(" | ".join([
-            f"| {v['method']}", v["dataset"], v["arch"],
-            f"{v['test_accuracy'] * 100:.2f} % ({v.get('source', '')}; {v['protocol'].replace('_', ' ')})",
-            pct(v["ours"], v.get("ours_ci")), paper_way if ran else "–",
-            f"{v.get('seeds', '')}; {v.get('epochs') or '–'}; {v.get('machine') or '–'}" if ran else "–", f"{v['verdict']} |"]))
+        how = v["protocol"].replace("_", " ")
+        if v.get("ours") is None:  # not run: nothing of ours to show
+            ours = paper_way = runs = "–"
+        else:
+            ours = pct(v["ours"], v.get("ours_ci"))
+            paper_way = "(same)" if v["protocol"] == "best_val" else f"{pct(v.get('ours_protocol'))} ({how})"
+            runs = f"{v.get('seeds', '')}; {v.get('epochs') or '–'}; {v.get('machine') or '–'}"
+        lines.append(" | ".join([f"| {v['method']}", v["dataset"], v["arch"],
+                                 f"{v['test_accuracy'] * 100:.2f} % ({v.get('source', '')}; {how})",
+                                 ours, paper_way, runs, f"{v['verdict']} |"]))
     return "\n".join(lines) + "\n"
 
 
