@@ -1,8 +1,8 @@
 """Minimal re-implementations of the public references' training steps, for `make perf` only.
 
 Owns the timing baselines of the perf script's `reference` section: FF as loeweX/Forward-Forward
-serves it (a per-sample Dataset building positive, negative and neutral images, one optimizer over
-all layers and the read-out) and CaFo with its frozen blocks forwarded again for every predictor
+serves it (a per-sample Dataset building positive, negative and neutral images, one SGD optimizer
+over the layers and the read-out, with its own settings) and CaFo with its frozen blocks forwarded again for every predictor
 batch. Written from the references' descriptions, independent of methods/ (whose speed they are
 compared with); each also reports its validation accuracy after the same epochs.
 """
@@ -37,28 +37,63 @@ class LoeweXStyleFF(torch.utils.data.Dataset):
         return pos, neg, neutral, label
 
 
+class ReLUPassingGradient(torch.autograd.Function):
+    """loeweX's ReLU: zero below zero going forward, but the gradient passes through unchanged."""
+
+    @staticmethod
+    def forward(ctx, z):
+        return z.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 def rms_normalise(z: torch.Tensor) -> torch.Tensor:
     """loeweX's normalisation between FF layers (written out here: the reference is independent
     of methods/ff.py, whose speed it is compared with)."""
     return z / (z.pow(2).mean(1, keepdim=True).sqrt() + 1e-8)
 
 
+# loeweX's settings (its config.yaml and get_model_and_optimizer): SGD with momentum 0.9 over two
+# parameter groups, the layers at lr 1e-3 / weight decay 3e-4 and the read-out at 1e-2 / 3e-3, and
+# peer normalisation 0.03 with a running-mean momentum of 0.9. `ours` in the perf script runs
+# methods/ff.py with the same settings, so the two time the same work.
+REFERENCE_FF = {"lr": 1e-3, "weight_decay": 3e-4, "classifier_lr": 1e-2, "classifier_weight_decay": 3e-3,
+                "momentum": 0.9, "peer_normalization": 0.03, "peer_momentum": 0.9}
+
+
 def reference_ff_epoch(data: Splits, widths, epochs: int) -> tuple[float, float]:
     torch.manual_seed(0)
+    hp = REFERENCE_FF
     layers = torch.nn.ModuleList(torch.nn.Linear(i, o) for i, o in zip([784] + widths[:-1], widths))
     clf = torch.nn.Linear(sum(widths[1:]), 10, bias=False)
-    opt = torch.optim.AdamW([*layers.parameters(), *clf.parameters()], lr=1e-3, weight_decay=3e-4)
+    with torch.no_grad():  # loeweX's initialisation: N(0, 1/fan_out) weights, zero biases, a zero read-out
+        for layer in layers:
+            layer.weight.normal_(0, layer.weight.shape[0] ** -0.5)
+            layer.bias.zero_()
+        clf.weight.zero_()
+    relu = ReLUPassingGradient.apply
+    opt = torch.optim.SGD([
+        {"params": layers.parameters(), "lr": hp["lr"], "weight_decay": hp["weight_decay"]},
+        {"params": clf.parameters(), "lr": hp["classifier_lr"], "weight_decay": hp["classifier_weight_decay"]},
+    ], momentum=hp["momentum"])
+    running_means = [torch.full((w,), 0.5) for w in widths]  # each unit's mean activity on positives
     loader = torch.utils.data.DataLoader(LoeweXStyleFF(data.train_x, data.train_y), batch_size=128, shuffle=True)
     t0 = time.perf_counter()
     for _ in range(epochs):
         for pos, neg, neutral, y in loader:
             z = rms_normalise(torch.cat([pos, neg]))
             loss = 0
-            for layer in layers:
-                a = F.relu(layer(z))
+            for i, layer in enumerate(layers):
+                a = relu(layer(z))
                 g = a.pow(2).sum(1)
                 target = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
                 loss = loss + F.binary_cross_entropy_with_logits(g - a.shape[1], target)
+                # peer normalisation: pull every unit's running mean activity towards the layer's mean
+                m = hp["peer_momentum"]
+                running_means[i] = running_means[i].detach() * m + a[: len(pos)].mean(0) * (1 - m)
+                loss = loss + hp["peer_normalization"] * (running_means[i].mean() - running_means[i]).pow(2).mean()
                 z = rms_normalise(a.detach())
             with torch.no_grad():
                 h, feats = rms_normalise(neutral), []
