@@ -223,6 +223,7 @@ def train(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     status, stop_reason, error = "completed", "max_epochs", None
     phases = method.phases(cfg.epochs)
+    method.augmented_inputs = data.augment != "none"
     progress = Progress()
     if resume is not None:
         progress = resume["progress"]

@@ -112,6 +112,10 @@ class Method:
         self.hp = hp
         self.device = device
         self.modules = nn.ModuleDict()  # everything with state: saved, restored, audited
+        # Set by the loop before training: True when each training batch is augmented afresh
+        # (the dataset's `augment`), so a method must train on the `x` it is given and never
+        # serve a batch from features it cached for the unaugmented training set.
+        self.augmented_inputs = False
 
     # -- the interface the loop uses ------------------------------------------------------------
     def phases(self, epochs: int) -> list[Phase]:

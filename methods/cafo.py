@@ -33,7 +33,9 @@ comparison's code gives the last block the head's backpropagated error (its DFA 
 gradients of the blocks before it only) and unit-norm feedback rows; here every block, the last
 included, gets its own random projection of the error, as DFA defines it (Adam makes the
 feedback's scale immaterial). Its CIFAR figures used random crop + horizontal flip,
-which the cifar dataset configs now apply too (`augment: crop_flip`).
+which the cifar dataset configs now apply too (`augment: crop_flip`; its crop pads by reflection,
+ours with the dataset's pad value). With augmented batches the predictors train on each batch's
+own crops, run through the frozen blocks, as the comparison's code does: no training-set cache.
 """
 from __future__ import annotations
 
@@ -252,6 +254,11 @@ class CaFoBase(Method):
         if not self.train_blocks:  # random blocks: statistics from the training set
             self.fit_batchnorm(train_x)
         # DFA-trained blocks keep the statistics they learned with
+        if self.augmented_inputs:
+            # Each batch is a fresh crop and flip (the CIFAR recipe): features cached for the
+            # unaugmented images would train the predictors on other inputs than the run's, so
+            # every batch runs through the frozen blocks, as the comparison's code does.
+            return
         self._train_store = self.feature_store(train_x)
         recomputed = self.recomputed_blocks()
         if recomputed:
@@ -270,6 +277,9 @@ class CaFoBase(Method):
     def extra_metrics(self):
         store = self._train_store
         if store is None:
+            if self.blocks_frozen and self.augmented_inputs:
+                return {"feature_cache": {"kept_blocks": [], "note": "augmented training batches: every batch "
+                                          "runs through the frozen blocks, nothing cached"}}
             return {}
         return {"feature_cache": {"kept_blocks": sorted(i + 1 for i in store.kept_blocks),
                                   "recomputed_blocks": [i + 1 for i in self.recomputed_blocks()],
@@ -282,16 +292,18 @@ class CaFoBase(Method):
             return
         self.freeze_blocks(train_x)
         if self.hp.loss == "mse":
-            self.fit_least_squares(train_y)
+            self.fit_least_squares(train_x, train_y)
 
     @torch.no_grad()
-    def fit_least_squares(self, y: torch.Tensor) -> None:
-        """The official code's closed form: W = (F'F + ridge I)^-1 F'Y, one solve per block."""
+    def fit_least_squares(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The official code's closed form: W = (F'F + ridge I)^-1 F'Y, one solve per block, over
+        the unaugmented training set (a closed form sees each image once)."""
         targets = F.one_hot(y, self.num_classes).float()
+        store = self._train_store if self._train_store is not None else FeatureStore(self.modules["blocks"], x, torch.float32, 0)
         grams, cross = None, None
         for start in range(0, len(y), 2000):  # F'F and F'Y summed over chunks of the training set
             rows = slice(start, start + 2000)
-            feats = self._train_store.features(rows)
+            feats = store.features(rows)
             g = [f.T @ f for f in feats]
             c = [f.T @ targets[rows] for f in feats]
             grams, cross = (g, c) if grams is None else ([a + b for a, b in zip(grams, g)], [a + b for a, b in zip(cross, c)])
@@ -307,9 +319,13 @@ class CaFoBase(Method):
             return F.mse_loss(scores, F.one_hot(y, self.num_classes).float())
         return F.cross_entropy(scores, y)
 
-    def train_predictors(self, y, idx) -> torch.Tensor:
+    def train_predictors(self, x, y, idx) -> torch.Tensor:
         total = torch.zeros((), device=y.device)
-        batch_features = self._train_store.features(idx)  # computed under no_grad: detached
+        if self._train_store is not None:
+            batch_features = self._train_store.features(idx)  # computed under no_grad: detached
+        else:  # augmented batches: this batch's own images through the frozen blocks
+            with torch.no_grad():
+                batch_features = [h.flatten(1) for h in _block_outputs(self.modules["blocks"], x)]
         for feats, predictor, optimizer in zip(batch_features, self.modules["predictors"], self.predictor_optimizers):
             loss = self.predictor_loss(predictor(feats), y)
             if self.hp.loss != "mse":  # MSE is solved in closed form in start_phase
@@ -320,7 +336,7 @@ class CaFoBase(Method):
         return total
 
     def train_step(self, x, y, idx):
-        return self.train_predictors(y, idx)
+        return self.train_predictors(x, y, idx)
 
     # -- prediction: the sum of the blocks' votes -----------------------------------------------
     def features_for(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -410,7 +426,7 @@ class CaFoDFA(CaFoBase):
 
     def train_step(self, x, y, idx):
         if self.blocks_frozen:
-            return self.train_predictors(y, idx)
+            return self.train_predictors(x, y, idx)
         return self.dfa_step(x, y)
 
     def dfa_step(self, x, y) -> torch.Tensor:

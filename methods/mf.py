@@ -78,8 +78,9 @@ class MonoForward(Method):
         if self.hp.schedule == "greedy":
             k = int(phase.name.removeprefix("layer"))
             self.active = [k]
-            # Layers before k are frozen from now on: their output is computed once per phase.
-            self._frozen_input = self.forward_through(train_x, k) if k > 0 else None
+            # Layers before k are frozen from now on: their output is computed once per phase,
+            # unless every batch is augmented afresh (then it is computed from the batch).
+            self._frozen_input = self.forward_through(train_x, k) if k > 0 and not self.augmented_inputs else None
 
     def train_step(self, x, y, idx):
         first = self.active[0]

@@ -70,3 +70,60 @@ def test_a_run_that_recomputes_blocks_says_so_in_its_log_and_record(caplog):
     cache = none.extra_metrics()["feature_cache"]
     assert cache["kept_blocks"] == [] and cache["recomputed_blocks"] == [1, 2, 3] and cache["kept_mib"] == 0
     assert cache["all_blocks_mib"] == pytest.approx(whole.extra_metrics()["feature_cache"]["kept_mib"])
+
+
+def test_augmented_batches_train_on_their_own_crops_not_on_the_cache():
+    """With `augment: crop_flip` each batch is a fresh crop and flip: the predictors must see those
+    images through the frozen blocks (the comparison's code does), not the cached features of the
+    unaugmented training set."""
+    cafo, data = build("method=cafo_rand", "arch=cnn")
+    cafo.augmented_inputs = True  # what the loop sets for an augmented dataset
+    cafo.start_phase(next(p for p in cafo.phases(2) if p.name == "predictors"), data.train_x, data.train_y, 10)
+    assert cafo._train_store is None and cafo.extra_metrics()["feature_cache"]["kept_blocks"] == []
+    idx = torch.arange(32)
+    seen = []
+    predictor = cafo.modules["predictors"][0]
+    handle = predictor.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach().clone()))
+    crops = data.train_x[idx].flip(3)  # stands for an augmented batch: not the images at idx
+    cafo.train_step(crops, data.train_y[idx], idx)
+    handle.remove()
+    expected = cafo.modules["blocks"][0](crops).flatten(1)
+    torch.testing.assert_close(seen[0], expected)
+
+
+def test_closed_form_predictors_with_augmented_batches_solve_on_the_training_set():
+    plain, data = frozen("cafo_rand", "method.hp.loss=mse", "method.hp.cache_dtype=float32")
+    augmented, _ = build("method=cafo_rand", "arch=cnn", "method.hp.loss=mse", "method.hp.cache_dtype=float32")
+    augmented.augmented_inputs = True
+    augmented.start_phase(next(p for p in augmented.phases(2) if p.name == "predictors"), data.train_x, data.train_y, 10)
+    assert augmented._train_store is None
+    torch.testing.assert_close(augmented.predict(data.test_x), plain.predict(data.test_x))
+
+
+def test_mf_greedy_with_augmented_batches_forwards_each_batch():
+    """MF's greedy phases cache the frozen layers' output for the training set; augmented batches
+    must go through those layers afresh instead."""
+    mf, data = build("method=mf", "arch=mlp_2x256", "method.hp.schedule=greedy")
+    mf.augmented_inputs = True
+    mf.start_phase(mf.phases(2)[1], data.train_x, data.train_y, 10)
+    assert mf._frozen_input is None
+    idx = torch.arange(16)
+    crops = data.train_x[idx].flip(3)  # stands for an augmented batch
+    seen = []
+    handle = mf.modules["layers"][1].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].clone()))
+    mf.train_step(crops, data.train_y[idx], idx)
+    handle.remove()
+    torch.testing.assert_close(seen[0], mf.forward_through(crops, 1))
+
+
+def test_the_loop_tells_a_method_its_batches_are_augmented():
+    from benchmark import loop
+
+    cafo, data = build("method=cafo_rand", "arch=cnn")
+    data.augment, data.pad_value = "crop_flip", torch.zeros(1, data.train_x.shape[1], 1, 1)
+    cfg = loop.TrainConfig(epochs=1, batch_size=256, eval_batch_size=512, patience=0, min_delta=0.0, restore_best=False)
+    from benchmark.meters import MeasureConfig, Meters
+
+    out = loop.train(cafo, data, cfg, Meters(MeasureConfig(energy="none", emissions=False, flops=False), torch.device("cpu")), seed=0)
+    assert cafo.augmented_inputs and cafo._train_store is None
+    assert out["metrics"]["test_accuracy"] is not None
