@@ -37,16 +37,10 @@ class LoeweXStyleFF(torch.utils.data.Dataset):
         return pos, neg, neutral, label
 
 
-class ReLUPassingGradient(torch.autograd.Function):
-    """loeweX's ReLU: zero below zero going forward, but the gradient passes through unchanged."""
-
-    @staticmethod
-    def forward(ctx, z):
-        return z.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
+def relu_passing_gradient(z: torch.Tensor) -> torch.Tensor:
+    """loeweX's ReLU: zero below zero going forward, while the gradient passes through unchanged
+    (written as the straight-through identity: forward relu(z), backward the identity)."""
+    return z + (z.clamp(min=0) - z).detach()
 
 
 def rms_normalise(z: torch.Tensor) -> torch.Tensor:
@@ -73,7 +67,6 @@ def reference_ff_epoch(data: Splits, widths, epochs: int) -> tuple[float, float]
             layer.weight.normal_(0, layer.weight.shape[0] ** -0.5)
             layer.bias.zero_()
         clf.weight.zero_()
-    relu = ReLUPassingGradient.apply
     opt = torch.optim.SGD([
         {"params": layers.parameters(), "lr": hp["lr"], "weight_decay": hp["weight_decay"]},
         {"params": clf.parameters(), "lr": hp["classifier_lr"], "weight_decay": hp["classifier_weight_decay"]},
@@ -86,7 +79,7 @@ def reference_ff_epoch(data: Splits, widths, epochs: int) -> tuple[float, float]
             z = rms_normalise(torch.cat([pos, neg]))
             loss = 0
             for i, layer in enumerate(layers):
-                a = relu(layer(z))
+                a = relu_passing_gradient(layer(z))
                 g = a.pow(2).sum(1)
                 target = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
                 loss = loss + F.binary_cross_entropy_with_logits(g - a.shape[1], target)
