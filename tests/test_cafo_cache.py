@@ -119,8 +119,11 @@ def test_mf_greedy_with_augmented_batches_forwards_each_batch():
 def test_the_loop_tells_a_method_its_batches_are_augmented():
     from benchmark import loop
 
+    import dataclasses
+
     cafo, data = build("method=cafo_rand", "arch=cnn")
-    data.augment, data.pad_value = "crop_flip", torch.zeros(1, data.train_x.shape[1], 1, 1)
+    # a copy: the loaded splits are shared with the process's other tests
+    data = dataclasses.replace(data, augment="crop_flip", pad_value=torch.zeros(1, data.train_x.shape[1], 1, 1))
     cfg = loop.TrainConfig(epochs=1, batch_size=256, eval_batch_size=512, patience=0, min_delta=0.0, restore_best=False)
     from benchmark.meters import MeasureConfig, Meters
 
