@@ -151,3 +151,24 @@ def test_a_published_figure_without_runs_keeps_its_row_as_not_run(tmp_path, monk
     assert "| ff |" not in (tmp_path / "some" / "reproduction.md").read_text()
     report.main([str(folder), "--no-pdf", "--all-figures", "--out", str(tmp_path / "all")])
     assert "| ff | mnist | mlp_4x2000 |" in (tmp_path / "all" / "reproduction.md").read_text()
+
+
+def test_a_figure_for_one_optimiser_compares_only_that_optimisers_runs():
+    """One cell, two published figures (the comparison's FF with AdamW and with SGD): each holds
+    for the runs with its `hp`, so neither is compared with the other optimiser's runs, and a
+    variant nobody ran says "not run" even though its cell has runs."""
+    runs = cell(CPU, "repro", 10.0, 10.0, mf_accs=(0.980, 0.981, 0.979))
+    for r in runs:
+        r.setdefault("hp", {})["optimizer"] = "adamw" if r["method"] == "mf" else "adam"
+    adamw = {"method": "mf", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.98, "source": "AdamW",
+             "hp": {"optimizer": "adamw"}}
+    sgd = {"method": "mf", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.97, "source": "SGD",
+           "hp": {"optimizer": "sgd"}}
+    verdicts = {v["source"]: v for v in numbers.reproduction(numbers.summarise(runs), [adamw, sgd])}
+    assert verdicts["AdamW"]["n"] == 3 and verdicts["AdamW"]["ours"] == pytest.approx(0.980)
+    assert verdicts["SGD"]["verdict"] == "not run" and verdicts["SGD"]["ours"] is None
+    # one run switches to SGD: it alone is the SGD figure's, and the AdamW figure keeps the other two
+    runs[3]["hp"]["optimizer"] = "sgd"
+    verdicts = {v["source"]: v for v in numbers.reproduction(numbers.summarise(runs), [adamw, sgd])}
+    assert verdicts["SGD"]["n"] == 1 and verdicts["SGD"]["ours"] == pytest.approx(runs[3]["metrics"]["test_accuracy"])
+    assert verdicts["AdamW"]["n"] == 2

@@ -370,6 +370,11 @@ def protocol_accuracy(runs: list[dict], protocol: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def hp_matches(run: dict, wanted: dict) -> bool:
+    """Whether a run's hyperparameters include every key/value of `wanted` (a figure's `hp`)."""
+    return all(run.get("hp", {}).get(key) == value for key, value in wanted.items())
+
+
 def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
     """Each published figure beside ours. Accuracies are fractions (0..1).
 
@@ -384,6 +389,9 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
         theirs, tol = ref["test_accuracy"], ref.get("tolerance", 0.01)
         protocol = ref.get("protocol", "best_val")
         matches = [r for r in rows if (r.dataset, r.arch, r.method) == (ref["dataset"], ref["arch"], ref["method"])]
+        if ref.get("hp"):  # a paper's variant (e.g. its SGD run): only the runs with those settings
+            matches = summarise([run for row in matches for run in row.runs if hp_matches(run, ref["hp"])])
+            ref = {**ref, "hp": ", ".join(f"{key}={value}" for key, value in ref["hp"].items())}  # as the CSV shows it
         if not matches or all(math.isnan(r.acc) for r in matches):
             out.append({**ref, "protocol": protocol, "ours": None, "ours_ci": None, "ours_protocol": None, "n": 0,
                         "epochs": None, "machine": None, "experiment": None, "diff_pp": None, "verdict": "not run"})
