@@ -172,3 +172,22 @@ def test_a_figure_for_one_optimiser_compares_only_that_optimisers_runs():
     verdicts = {v["source"]: v for v in numbers.reproduction(numbers.summarise(runs), [adamw, sgd])}
     assert verdicts["SGD"]["n"] == 1 and verdicts["SGD"]["ours"] == pytest.approx(runs[3]["metrics"]["test_accuracy"])
     assert verdicts["AdamW"]["n"] == 2
+
+
+def test_a_report_lists_only_the_variants_its_runs_cover(tmp_path, monkeypatch):
+    """Without --all-figures a report shows the figures of what it ran: the AdamW figure of a cell
+    run with AdamW, not the same cell's SGD figure nobody ran."""
+    runs = cell(CPU, "repro", 10.0, 10.0, mf_accs=(0.980, 0.981, 0.979))
+    for r in runs:
+        r.setdefault("hp", {})["optimizer"] = "adamw"
+    figures = [{"method": "mf", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.98, "source": src,
+                "hp": {"optimizer": opt}} for src, opt in (("AdamW", "adamw"), ("SGD", "sgd"))]
+    folder = tmp_path / "repro"
+    folder.mkdir()
+    (folder / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    monkeypatch.setattr(report, "published_figures", lambda: figures)
+    report.main([str(folder), "--no-pdf", "--out", str(tmp_path / "some")])
+    table = (tmp_path / "some" / "reproduction.md").read_text()
+    assert "(AdamW; best val)" in table and "SGD" not in table
+    report.main([str(folder), "--no-pdf", "--all-figures", "--out", str(tmp_path / "all")])
+    assert "(SGD; best val)" in (tmp_path / "all" / "reproduction.md").read_text()

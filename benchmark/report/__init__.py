@@ -41,7 +41,7 @@ from benchmark import results
 from benchmark.storage import redact
 from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_alignment, plot_cost_to_target, plot_costs,
                                       plot_depth_scaling, plot_learning_curves, plot_optuna, plot_probes, plot_profiles)
-from benchmark.report.numbers import (TARGET_FRACTION, alignment_table, budget_summary, cost_to_target, costs_display, fixed_targets,
+from benchmark.report.numbers import (TARGET_FRACTION, alignment_table, hp_matches, budget_summary, cost_to_target, costs_display, fixed_targets,
                                       failures_table, final_runs, probes_table, robustness_table,
                                       depth_display, depth_table, glance_table, provenance,
                                       reproduction, reproduction_markdown, significance_sentences, sources_table, summarise, summary_table,
@@ -98,8 +98,11 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
     out = Path(out) if out else Path("reports") / (names[0] if len(names) == 1 else "compare-" + "-".join(names))
     out.mkdir(parents=True, exist_ok=True)
     if references is None:
-        cells = {(r.get("method"), r.get("arch"), r.get("dataset")) for r in records}
-        references = [f for f in published_figures() if all_figures or (f["method"], f["arch"], f["dataset"]) in cells]
+        def covered(figure: dict) -> bool:  # some run is of the figure's cell (and variant, where it names one)
+            return any((r.get("method"), r.get("arch"), r.get("dataset")) == (figure["method"], figure["arch"], figure["dataset"])
+                       and hp_matches(r, figure.get("hp") or {}) for r in records)
+
+        references = [f for f in published_figures() if all_figures or covered(f)]
     runs = final_runs(records)
     rows = summarise(runs)
     fixed = fixed_targets(records)
