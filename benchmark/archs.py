@@ -7,6 +7,11 @@ a linear head. Presets live in configs/arch/*.yaml.
 - `mlp`: flatten, then per width a block Linear -> ReLU.
 - `cnn`: the 3-block CNN of Cascaded-Forward and its BP baseline: per block
   conv3x3 (padding 1) -> ReLU -> maxpool 2 -> BatchNorm, channels 32, 128, 512.
+- `lenet`: LeNet-5 as BioTorch benchmarks feedback alignment on MNIST (Sanfiz & Akrout 2021,
+  jsalbert/biotorch `le_net.py`, LeNetMNIST): conv5x5 6 -> ReLU -> maxpool 2, conv5x5 16 -> ReLU ->
+  maxpool 2, conv5x5 120 -> ReLU, then Linear 84 -> ReLU; the head is the linear layer to the
+  classes. It needs 32x32 inputs (BioTorch resizes MNIST to 32x32: dataset.resize=32). `init:
+  xavier` is BioTorch's benchmark initialisation (Xavier-uniform weights, zero biases).
 - `resnet`: ResNet-18-style (He et al. 2016, CIFAR variant): a 3x3 stem, then four stages of
   two basic residual blocks each at widths w, 2w, 4w, 8w (stride 2 from the second stage on).
   Every stem/residual block is one block of the list, so block-local methods cut between residual
@@ -48,6 +53,13 @@ class Blocks:
     out_shapes: list[tuple[int, ...]]  # shape of each block's output, batch dimension left out
     pool_head: bool = False  # the end-to-end head averages over space before its linear layer
     graph_conv: str | None = None  # "gcn" | "sage": the blocks are graph layers, called (h, edge_index)
+    init: str = "default"  # how the blocks were initialised: a method's head is initialised the same way
+
+    def init_head(self, head: nn.Module) -> nn.Module:
+        """A linear head initialised as the blocks were (BioTorch initialises its output layer too)."""
+        if self.init == "xavier":
+            xavier_init(head)
+        return head
 
     def out_features(self, i: int) -> int:
         return int(torch.Size(self.out_shapes[i]).numel())
@@ -92,6 +104,66 @@ def cnn(input_shape: tuple[int, ...], channels: list[int], kernel_size: int = 3)
         in_ch, height, width = out_ch, height // 2, width // 2
         shapes.append((out_ch, height, width))
     return Blocks(nn.ModuleList(blocks), shapes)
+
+
+INITS = ("default", "xavier")  # default: PyTorch's own (Kaiming-uniform); xavier: BioTorch's
+
+
+def lenet_out_size(size: int, channels: list[int], pool: list[bool], kernel_size: int = 5) -> int:
+    """The side of the last convolution block's output for size x size images (below 1: too small)."""
+    for pooled in pool[: len(channels)]:
+        size = size - kernel_size + 1
+        size = size // 2 if pooled else size
+        if size < 1:
+            return size
+    return size
+
+
+def check_image_size(arch_cfg: dict, size: int) -> None:
+    """Before training: an arch that cannot take size x size images says so in one line."""
+    if arch_cfg.get("kind") != "lenet":
+        return
+    if lenet_out_size(size, arch_cfg["channels"], arch_cfg["pool"], arch_cfg.get("kernel_size", 5)) < 1:
+        raise UserError(f"arch {arch_cfg.get('name', 'lenet')} shrinks {size}x{size} images below 1 pixel",
+                        "resize the images first (dataset.resize=32, as BioTorch does for MNIST)")
+
+
+def lenet(input_shape: tuple[int, ...], channels: list[int], widths: list[int], pool: list[bool],
+          kernel_size: int = 5, init: str = "default") -> Blocks:
+    """Convolution blocks (conv, no padding -> ReLU (-> maxpool 2 where `pool` says)), then fully
+    connected blocks (Linear -> ReLU, the first one flattening): LeNet-5's shape."""
+    if len(pool) != len(channels):
+        raise UserError(f"arch.pool={pool} needs one entry per arch.channels={channels}", "give a true/false per convolution")
+    in_ch, height, width = input_shape
+    check_image_size({"kind": "lenet", "channels": channels, "pool": pool, "kernel_size": kernel_size}, min(height, width))
+    blocks, shapes = [], []
+    for out_ch, pooled in zip(channels, pool):
+        height, width = height - kernel_size + 1, width - kernel_size + 1
+        if pooled:
+            height, width = height // 2, width // 2
+        layers = [nn.Conv2d(in_ch, out_ch, kernel_size), nn.ReLU()] + ([nn.MaxPool2d(2)] if pooled else [])
+        blocks.append(nn.Sequential(*layers))
+        shapes.append((out_ch, height, width))
+        in_ch = out_ch
+    fan_in = int(torch.Size(shapes[-1]).numel())
+    for i, out in enumerate(widths):
+        layers = ([nn.Flatten()] if i == 0 else []) + [nn.Linear(fan_in, out), nn.ReLU()]
+        blocks.append(nn.Sequential(*layers))
+        shapes.append((out,))
+        fan_in = out
+    net = Blocks(nn.ModuleList(blocks), shapes, init=init)
+    if init == "xavier":
+        xavier_init(net.blocks)
+    return net
+
+
+def xavier_init(module: nn.Module) -> None:
+    """BioTorch's `init: xavier`: Xavier-uniform weights and zero biases on every Linear and Conv2d."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 class BasicBlock(nn.Module):
@@ -176,7 +248,7 @@ def sage(input_shape: tuple[int, ...], widths: list[int]) -> Blocks:
     return gnn(input_shape, widths, "sage")
 
 
-ARCHS = {"mlp": mlp, "cnn": cnn, "resnet": resnet, "gcn": gcn, "sage": sage}
+ARCHS = {"mlp": mlp, "cnn": cnn, "lenet": lenet, "resnet": resnet, "gcn": gcn, "sage": sage}
 
 
 # The settings of each kind, with their ranges: every arch field is checked before training, as
@@ -201,6 +273,17 @@ class CNNSchema:
 
 
 @dataclass
+class LeNetSchema:
+    name: str = field(metadata={})
+    kind: str = field(metadata={})
+    channels: list[int] = field(metadata={"min_items": 1, "ge": 1})
+    pool: list[bool] = field(metadata={"min_items": 1})
+    widths: list[int] = field(metadata={"ge": 1})
+    kernel_size: int = field(default=5, metadata={"ge": 1})
+    init: str = field(default="default", metadata={"choices": INITS})
+
+
+@dataclass
 class ResNetSchema:
     name: str = field(metadata={})
     kind: str = field(metadata={})
@@ -215,7 +298,7 @@ class GNNSchema:
     widths: list[int] = field(metadata={"min_items": 1, "ge": 1})
 
 
-SCHEMAS = {"mlp": MLPSchema, "cnn": CNNSchema, "resnet": ResNetSchema, "gcn": GNNSchema, "sage": GNNSchema}
+SCHEMAS = {"mlp": MLPSchema, "cnn": CNNSchema, "lenet": LeNetSchema, "resnet": ResNetSchema, "gcn": GNNSchema, "sage": GNNSchema}
 
 
 def validate(arch_cfg: dict) -> None:
@@ -264,6 +347,7 @@ class Chain(nn.Module):
             self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(last[0], num_classes))
         else:
             self.head = nn.Sequential(nn.Flatten(), nn.Linear(net.out_features(len(net.blocks) - 1), num_classes))
+        net.init_head(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.graph is not None:

@@ -183,6 +183,13 @@ def check_workload(dataset: DatasetSettings, arch: dict, diagnostics: Diagnostic
     on_graph = data_mod.is_graph(dataset.name)
     if not on_graph and dataset.val_size is None:
         raise UserError(f"dataset.val_size is missing for '{dataset.name}'", f"add it to configs/dataset/{dataset.name}.yaml")
+    if not on_graph and dataset.name in data_mod.IMAGE_SIDES:
+        from benchmark import archs
+
+        archs.check_image_size(arch, dataset.resize or data_mod.IMAGE_SIDES[dataset.name])
+    if on_graph and dataset.resize is not None:
+        raise UserError(f"dataset.resize={dataset.resize} applies to images, and '{dataset.name}' is a graph",
+                        "leave dataset.resize unset")
     if on_graph and diagnostics.enabled:
         raise UserError("diagnostics (alignment, probes, attacks) are for image datasets only",
                         "set diagnostics.enabled=false for graph runs")

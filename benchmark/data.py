@@ -248,6 +248,8 @@ EXPECTED_PATHS = {
     "citeseer": "Planetoid/CiteSeer/raw/ind.citeseer.x",
     "cora_ml": "CitationFull/cora_ml/raw/cora_ml.npz",
 }
+# The side of each image dataset's images as released, for the checks made before training.
+IMAGE_SIDES = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32, "cifar10_jpeg": 32, "digits": 8}
 DOWNLOADABLE = {"mnist", "fashion_mnist", "cifar10", "cifar100", "cora", "citeseer", "cora_ml"}
 
 
@@ -281,9 +283,11 @@ def load_raw(name: str, root: str | os.PathLike, download: bool) -> RawDataset:
 
 
 def load_splits(name: str, root, download: bool, val_size: int | None, split_seed: int, device: torch.device,
-                augment: str = "none", split: int | None = None) -> Splits:
-    """Load, fingerprint, split, normalise and move one dataset to `device`."""
+                augment: str = "none", split: int | None = None, resize: int | None = None) -> Splits:
+    """Load, fingerprint, split, (resize,) normalise and move one dataset to `device`."""
     if name in GRAPHS:
+        if resize is not None:
+            raise UserError(f"dataset.resize={resize} applies to images, and '{name}' is a graph", "leave dataset.resize unset")
         return load_graph_splits(name, root, download, split, device)
     if val_size is None:
         raise UserError(f"dataset '{name}' needs dataset.val_size", "set it in its configs/dataset/ YAML")
@@ -297,11 +301,16 @@ def load_splits(name: str, root, download: bool, val_size: int | None, split_see
         )
     train_idx, val_idx = split_indices(n_train_all, val_size, split_seed)
 
-    train_images = torch.from_numpy(raw.train_images[train_idx]).to(device)
-    mean, std = _channel_stats(train_images)
+    def pixels(images: np.ndarray) -> torch.Tensor:
+        """Images as floats in [0, 1] on the device, resized where the dataset asks."""
+        x = torch.from_numpy(images).to(device).float() / 255.0
+        return x if resize is None else resized(x, resize)
+
+    train_pixels = pixels(raw.train_images[train_idx])
+    mean, std = _channel_stats(train_pixels)
 
     def prepare(images: np.ndarray) -> torch.Tensor:
-        return ((torch.from_numpy(images).to(device).float() / 255.0) - mean) / std
+        return (pixels(images) - mean) / std
 
     labels = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     info = {
@@ -315,7 +324,8 @@ def load_splits(name: str, root, download: bool, val_size: int | None, split_see
         "n_test": len(raw.test_labels),
         "val_size": val_size,
         "split_seed": split_seed,
-        "input_shape": list(raw.train_images.shape[1:]),
+        "input_shape": list(train_pixels.shape[1:]),
+        "resize": resize,
         "normalisation": {"mean": mean.flatten().tolist(), "std": std.flatten().tolist(), "from": "training split"},
         "augment": augment,
         # Positions in the released arrays: train/val index the released training set, test the
@@ -325,7 +335,7 @@ def load_splits(name: str, root, download: bool, val_size: int | None, split_see
                           "test": "released test set, all images"},
     }
     return Splits(
-        train_x=((train_images.float() / 255.0) - mean) / std,
+        train_x=train_pixels.sub_(mean).div_(std),  # in place: no second copy of the training set
         train_y=labels(raw.train_labels[train_idx]),
         val_x=prepare(raw.train_images[val_idx]),
         val_y=labels(raw.train_labels[val_idx]),
@@ -369,8 +379,21 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad_value: torch.Tens
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
-def _channel_stats(images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = images_uint8.float() / 255.0
+def resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (N, C, H, W) in [0, 1] resized to size x size, bilinear with antialiasing: what
+    torchvision's transforms.Resize does to each image (BioTorch's MNIST at 32x32), once for the
+    whole set (in chunks, to bound the intermediate memory)."""
+    import torch.nn.functional as F
+
+    if tuple(x.shape[2:]) == (size, size):
+        return x
+    chunks = [F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+              for part in x.split(8192)]
+    return torch.cat(chunks).clamp_(0.0, 1.0)
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of images in [0, 1]."""
     mean = x.mean(dim=(0, 2, 3), keepdim=True)[0:1]
     std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     return mean, std

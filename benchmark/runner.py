@@ -27,14 +27,14 @@ log = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=2)
 def _splits(name: str, root: str, download: bool, val_size: int | None, split_seed: int, device: str, augment: str,
-            split: int | None):
-    return data_mod.load_splits(name, root, download, val_size, split_seed, torch.device(device), augment, split)
+            split: int | None, resize: int | None):
+    return data_mod.load_splits(name, root, download, val_size, split_seed, torch.device(device), augment, split, resize)
 
 
 def load_data(job: Job) -> data_mod.Splits:
     cfg, ds = job.cfg, job.dataset
     return _splits(ds.name, str(cfg.data.root), bool(cfg.data.download), ds.val_size, ds.split_seed, str(job.device),
-                   ds.augment, ds.split)
+                   ds.augment, ds.split, ds.resize)
 
 
 def train_settings(job: Job, data: data_mod.Splits) -> loop.TrainConfig:
@@ -76,6 +76,21 @@ def _identity(job: Job, seed: int, hp) -> tuple:
             _same_run_key(dict(vars(job.train)), to_dict(cfg.dataset), job.train.batch_size))
 
 
+def recorded_hp(recorded: dict | None, hp) -> dict | None:
+    """A record's hyperparameters as `hp`'s Hyper reads them today: a key the record predates (a
+    setting added to the method later, with a default) is read as that default, the value every
+    run had before the setting existed. So adding a setting does not make finished runs look new."""
+    if recorded is None or not dataclasses.is_dataclass(hp):
+        return recorded
+    filled = dict(recorded)
+    for f in dataclasses.fields(hp):
+        if f.name not in filled and f.default is not dataclasses.MISSING:
+            filled[f.name] = f.default
+        elif f.name not in filled and f.default_factory is not dataclasses.MISSING:
+            filled[f.name] = f.default_factory()
+    return filled
+
+
 def finished_earlier(job: Job) -> dict | None:
     """A completed single run of this job already in its experiment's runs.jsonl: the same cell,
     seed, hyperparameters, arch, budget, stopping rule and held-out size. Experiments that set
@@ -87,7 +102,7 @@ def finished_earlier(job: Job) -> dict | None:
     for r in results.read_records(results.runs_file(cfg.results_dir, cfg.experiment_name)):
         if r.get("kind") == "run" and r.get("status") == "completed":
             config = r.get("config") or {}
-            got = (r.get("cell"), r.get("seed"), r.get("hp"), config.get("arch"),
+            got = (r.get("cell"), r.get("seed"), recorded_hp(r.get("hp"), job.hp), config.get("arch"),
                    _same_run_key(config.get("train") or {}, config.get("dataset") or {},
                                  (config.get("train") or {}).get("batch_size") if named_batch is not None else None))
             if got == want:

@@ -21,6 +21,7 @@ class DatasetSettings:
     split_seed: int = field(default=0, metadata={"ge": 0})
     split: int | None = field(default=None, metadata={"ge": 0})  # graphs: which released node split
     augment: str = field(default="none", metadata={"choices": ("none", "crop_flip")})
+    resize: int | None = field(default=None, metadata={"ge": 1})  # images: resized to resize x resize once, at load
     target_accuracy: float | None = field(default=None, metadata={"gt": 0, "le": 1})
 
 

@@ -269,7 +269,8 @@ def run_finals(job: Job, study: optuna.Study, spec: str) -> list[dict]:
     with file_lock(lock):  # one worker runs the finals; the others then find them recorded
         recorded = {
             r["seed"]: r for r in records_by_id(cfg).values()
-            if r.get("kind") == "final" and r.get("cell") == study.study_name and r.get("hp") == dict(vars(hp))
+            if r.get("kind") == "final" and r.get("cell") == study.study_name
+            and runner.recorded_hp(r.get("hp"), hp) == dict(vars(hp))
         }
         for seed in final_seeds(job):
             if seed in recorded:

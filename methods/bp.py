@@ -12,25 +12,20 @@ Rumelhart, Hinton & Williams, "Learning representations by back-propagating erro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
 from benchmark import archs
 from benchmark.spec import Locality, Method, register
-from methods._optim import OptimizerHyper, make_optimizer
+from methods._optim import ScheduledHyper, lr_scheduler, make_optimizer
 
-
-@dataclass
-class BPHyper(OptimizerHyper):
-    schedule: str = field(metadata={"choices": ("none", "cosine")})
+BPHyper = ScheduledHyper  # optimizer, lr, weight decay, momentum, and the schedule (none | cosine | step)
 
 
 @register
 class BP(Method):
     name = "bp"
-    supported_archs = ("mlp", "cnn", "resnet", "gcn", "sage")
+    supported_archs = ("mlp", "cnn", "lenet", "resnet", "gcn", "sage")
     locality = Locality("global", "one loss at the output; gradient flows end to end")
     Hyper = BPHyper
 
@@ -41,10 +36,9 @@ class BP(Method):
         self.scheduler = None
 
     def start_phase(self, phase, train_x, train_y, total_steps):
-        if self.hp.schedule == "cosine":
-            # Stepped per batch over the phase's whole step budget, so it decays to zero exactly at
-            # the last allowed epoch (early stopping may end the run before that).
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(total_steps, 1))
+        # Stepped per batch over the phase's whole step budget, so a cosine decays to zero exactly
+        # at the last allowed epoch (early stopping may end the run before that).
+        self.scheduler = lr_scheduler(self.hp.schedule, self.optimizer, total_steps, self.hp.milestones)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.modules["net"](x)

@@ -25,19 +25,24 @@ Diagnostics: FA's `feedback_pairs` give BioTorch's weight alignment (the angle b
 B_i); DFA has none, since its B_i map the output error straight to block i and match no single
 forward weight.
 
-Feedback matrices are drawn once (seeded), scaled like the forward weights (Kaiming-uniform of
-the same shape for FA, as BioTorch's default; N(0, 1/sqrt(classes)) for DFA) and never trained.
+Feedback matrices are drawn once (seeded) and never trained. FA's B are drawn as the forward
+weights are (Kaiming-uniform, PyTorch's default, or Xavier-uniform on an arch with init xavier,
+as BioTorch draws both). DFA's are Nøkland's dense N(0, 1/classes) matrices by default, or
+BioTorch's layer-shaped ones (hp.feedback=layer; DirectFeedbackAlignment says how they differ).
 
 Differences from the papers/BioTorch: BioTorch swaps every Linear/Conv layer for one whose backward
 uses B, in one global backward pass; here each block runs its own backward pass and the signal is
 passed between blocks by hand, which gives the same weight updates for blocks of the form
-layer -> nonlinearity (-> pool -> BatchNorm) and makes the locality checkable by the audit. The
-harness's cnn arch (conv-ReLU-pool-BatchNorm, 32/128/512) stands in for LeNet; the MLP presets are
-the same as BP's. Optimiser and learning rate are tuned like every other method's.
+layer -> nonlinearity (-> pool -> BatchNorm) and makes the locality checkable by the audit. BioTorch's
+LeNet is the lenet arch (repro_fa_dfa runs BioTorch's MNIST and Fashion-MNIST benchmark on it, DFA
+with feedback=layer); elsewhere the harness's cnn arch (conv-ReLU-pool-BatchNorm, 32/128/512) is
+the CNN, and the MLP presets are the same as BP's. Optimiser and learning rate are tuned like
+every other method's.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +50,7 @@ from torch import nn
 
 from benchmark import archs
 from benchmark.spec import Locality, Method, register
-from methods._optim import OptimizerHyper, make_optimizer
+from methods._optim import ScheduledHyper, lr_scheduler, make_optimizer
 
 
 def first_layer(block: nn.Module) -> nn.Module:
@@ -53,14 +58,23 @@ def first_layer(block: nn.Module) -> nn.Module:
     return next(m for m in block.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
 
 
-class FeedbackBase(Method):
-    Hyper = OptimizerHyper
+def init_like_forward(b: torch.Tensor, net: archs.Blocks) -> torch.Tensor:
+    """A fixed feedback matrix drawn as the arch draws its forward weights: Xavier-uniform where
+    the arch's init is xavier (BioTorch's benchmarks), else PyTorch's default Kaiming-uniform."""
+    if net.init == "xavier":
+        return nn.init.xavier_uniform_(b)
+    return nn.init.kaiming_uniform_(b, a=math.sqrt(5))
 
-    def __init__(self, arch, input_shape, num_classes, hp: OptimizerHyper, device):
+
+class FeedbackBase(Method):
+    Hyper = ScheduledHyper  # BioTorch's benchmarks decay the rate x0.1 at fixed epochs: schedule step
+    supported_archs = ("mlp", "cnn", "lenet")
+
+    def __init__(self, arch, input_shape, num_classes, hp: ScheduledHyper, device):
         super().__init__(arch, input_shape, num_classes, hp, device)
         net = archs.build(arch, input_shape)
         self.modules["blocks"] = net.blocks.to(device)
-        self.modules["head"] = nn.Linear(net.out_features(len(net.blocks) - 1), num_classes).to(device)
+        self.modules["head"] = net.init_head(nn.Linear(net.out_features(len(net.blocks) - 1), num_classes)).to(device)
         # Each block's first Linear/Conv2d, then the head: the layers whose W^T FA replaces by B.
         self.layers = [first_layer(b) for b in self.modules["blocks"]] + [self.modules["head"]]
         self.optimizers = [
@@ -68,6 +82,10 @@ class FeedbackBase(Method):
             for m in [*self.modules["blocks"], self.modules["head"]]
         ]
         self.feedback = self.make_feedback(net)  # buffers: fixed, not parameters, never trained
+        self.schedulers = []
+
+    def start_phase(self, phase, train_x, train_y, total_steps):
+        self.schedulers = [lr_scheduler(self.hp.schedule, opt, total_steps, self.hp.milestones) for opt in self.optimizers]
 
     def make_feedback(self, net: archs.Blocks) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -97,6 +115,11 @@ class FeedbackBase(Method):
         self.optimizers[i].zero_grad(set_to_none=True)
         torch.autograd.backward(loss_or_outputs, grad)
         self.optimizers[i].step()
+        self.advance_schedule(i)
+
+    def advance_schedule(self, i: int) -> None:
+        if self.schedulers and self.schedulers[i] is not None:
+            self.schedulers[i].step()
 
     def predict(self, x):
         return self.modules["head"](archs.through(self.modules["blocks"], x).flatten(1))
@@ -107,21 +130,52 @@ class FeedbackBase(Method):
         return units
 
 
+@dataclass
+class DFAHyper(ScheduledHyper):
+    # dense: Nøkland's B_i, classes x every unit of block i's output; layer: BioTorch's, B of the
+    # next layer's weight shape with the classes as its outputs (see DirectFeedbackAlignment).
+    feedback: str = field(default="dense", kw_only=True, metadata={"choices": ("dense", "layer")})
+
+
 @register
 class DirectFeedbackAlignment(FeedbackBase):
+    """Two shapes of B (hp.feedback):
+    - dense (Nøkland 2016): block i's signal is e @ B_i, B_i of classes x (block i's output size),
+      N(0, 1/classes) entries.
+    - layer (BioTorch's DFA layers): B_i has the shape of the weight of the layer after block i
+      (the next block's first layer, or the head) with the class count as its output size, and the
+      signal is that layer's input gradient with B as its weight and e as its output gradient,
+      e repeated over every output position of a convolution (a transposed convolution of a
+      spatially constant e). B is initialised as the forward weights (Xavier-uniform on an arch with
+      init xavier, else PyTorch's Kaiming-uniform), as BioTorch does."""
+
     name = "dfa"
     locality = Locality("block", "each block's update is its output against e·B_i, the output error through a fixed random matrix; inputs detached")
+    Hyper = DFAHyper
 
     def make_feedback(self, net):
+        if self.hp.feedback == "layer":
+            return [init_like_forward(torch.empty(self.num_classes, *layer.weight.shape[1:], device=self.device), net)
+                    for layer in self.layers[1:]]
         scale = 1.0 / math.sqrt(self.num_classes)
         return [
             torch.randn(self.num_classes, net.out_features(i), device=self.device) * scale
             for i in range(len(net.blocks))
         ]
 
+    def signal(self, i: int, error: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The teaching signal at block i's output: the output error through B_i."""
+        b, after = self.feedback[i], self.layers[i + 1]
+        if self.hp.feedback == "layer" and isinstance(after, nn.Conv2d):
+            positions = [(size + 2 * p - k) // st + 1  # the next convolution's output size
+                         for size, p, k, st in zip(out.shape[2:], after.padding, after.kernel_size, after.stride)]
+            spread = error[:, :, None, None].expand(-1, -1, *positions)
+            return torch.nn.grad.conv2d_input(out.shape, b, spread, stride=after.stride, padding=after.padding)
+        return (error @ b.flatten(1) if self.hp.feedback == "layer" else error @ b).view_as(out)
+
     def train_blocks(self, outs, error):
-        for i, (out, b) in enumerate(zip(outs, self.feedback)):
-            self.step(i, out, (error @ b).view_as(out))
+        for i, out in enumerate(outs):
+            self.step(i, out, self.signal(i, error, out))
 
 
 @register
@@ -130,13 +184,9 @@ class FeedbackAlignment(FeedbackBase):
     locality = Locality("block", "the error goes down block by block through fixed random matrices B in place of W^T; each block's backward pass stays inside it, inputs detached")
 
     def make_feedback(self, net):
-        """B_i of the shape of layer i's weight, for i >= 1 (block 0's B would feed the input)."""
-        feedback = []
-        for layer in self.layers[1:]:
-            b = torch.empty_like(layer.weight, device=self.device)
-            nn.init.kaiming_uniform_(b, a=math.sqrt(5))  # the forward layers' default init
-            feedback.append(b)
-        return feedback
+        """B_i of the shape of layer i's weight, for i >= 1 (block 0's B would feed the input),
+        initialised as the forward weights (BioTorch draws both the same way)."""
+        return [init_like_forward(torch.empty_like(layer.weight, device=self.device), net) for layer in self.layers[1:]]
 
     def feedback_pairs(self):
         """Layer i+1's forward weight and the B_i that replaces its transpose."""
@@ -165,6 +215,7 @@ class FeedbackAlignment(FeedbackBase):
             for p, g in zip(params, grads[1:]):
                 p.grad = g
             self.optimizers[i].step()
+            self.advance_schedule(i)
 
     def forward_detached(self, x):
         """As the base, and keeps each block's first-layer output (its pre-activation)."""

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.spec import Locality, Method, register
+from methods._optim import schedule_factor
 
 
 @dataclass
@@ -50,17 +51,6 @@ class PEPITAHyper:
     f_scale: float = field(metadata={"gt": 0})
     keep_rate: float = field(metadata={"gt": 0, "le": 1})  # dropout keep probability
     schedule: str = field(metadata={"choices": ("step", "none", "cosine")})
-
-
-def schedule_factor(kind: str, step: int, total_steps: int) -> float:
-    """step: the reference's decay, x0.1 at epochs 60 and 90 of its 100 (here at 60 % and 90 % of
-    the phase's step budget); cosine: to zero over the budget; none: constant."""
-    progress = min(step / max(total_steps, 1), 1.0)
-    if kind == "step":
-        return 0.1 ** ((progress >= 0.6) + (progress >= 0.9))
-    if kind == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0
 
 
 @register

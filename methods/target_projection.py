@@ -51,14 +51,14 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.spec import Locality, register
-from methods._optim import OptimizerHyper
+from methods._optim import ScheduledHyper
 from methods.feedback_alignment import FeedbackBase
 
 LAYER_LOSSES = ("drtp", "l2", "l1")
 
 
 @dataclass
-class TargetProjectionHyper(OptimizerHyper):
+class TargetProjectionHyper(ScheduledHyper):
     layer_loss: str = field(metadata={"choices": LAYER_LOSSES})
     projection: str = field(metadata={"choices": ("kaiming", "unit")})  # how P_i is drawn
     output_loss: str = field(metadata={"choices": ("ce", "bce")})  # bce: sigmoid outputs (DRTP reference)
