@@ -55,15 +55,17 @@ def test_method_variant_learns_digits(name, variant, job_factory):
     assert record["metrics"]["test_accuracy"] >= variant["floor"], record["metrics"]["test_accuracy"]
 
 
-def test_feedback_alignment_with_b_equal_to_w_is_backprop(job_factory):
+@pytest.mark.parametrize("arch", [["arch=cnn"], ["arch=lenet", "dataset.resize=32"]])
+def test_feedback_alignment_with_b_equal_to_w_is_backprop(job_factory, arch):
     """FA's hand-passed error equals BP's gradient when its feedback matrices are the forward
-    weights: checks the signal path (FA's B replaces W^T and nothing else)."""
+    weights: checks the signal path (FA's B replaces W^T and nothing else), on the CNN and on
+    BioTorch's LeNet (whose convolution-to-linear step reshapes the error)."""
     import torch
     import torch.nn.functional as F
 
     from benchmark import loop
 
-    job = job_factory("method=fa", "arch=cnn", "dataset=digits", "method.hp.optimizer=sgd",
+    job = job_factory("method=fa", *arch, "dataset=digits", "method.hp.optimizer=sgd",
                       "method.hp.lr=0.1", "method.hp.momentum=0")
     data = runner.load_data(job)
     loop.seed_everything(0)
