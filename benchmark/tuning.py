@@ -97,9 +97,15 @@ def worker_identity() -> dict:
     return {"worker_host": socket.gethostname(), "worker_pid": me.pid, "worker_started": me.create_time()}
 
 
+IDENTITY_KEYS = ("worker_pid", "worker_started", "worker_host")  # worker_host is written last
+
+
 def worker_alive(attrs: dict) -> bool:
-    if "worker_host" not in attrs:
-        return True  # not yet labelled: being claimed right now (see recover_dead_trials)
+    if not all(key in attrs for key in IDENTITY_KEYS):
+        # Not yet labelled, or labelled halfway: being claimed right now (see recover_dead_trials).
+        # On a database server the labels are separate writes, and another worker may read the
+        # trial between them; reading a half-labelled trial as dead failed a live worker's trial.
+        return True
     if attrs["worker_host"] != socket.gethostname():
         return True  # another machine: database heartbeats (fail_stale_trials) decide
     try:
@@ -204,9 +210,9 @@ def claim_trial(study: optuna.Study, n_trials: int, lock: Path | None, first: di
         if first and not trials:
             study.enqueue_trial(first)
         trial = study.ask()
-        run_id = uuid.uuid4().hex
-        for key, value in {**worker_identity(), "run_id": run_id}.items():
-            trial.set_user_attr(key, value)
+        identity = {"run_id": uuid.uuid4().hex, **worker_identity()}
+        for key in ("run_id", *IDENTITY_KEYS):  # worker_host last: a trial with it is fully labelled
+            trial.set_user_attr(key, identity[key])
     # Database servers have no claim lock: a trial numbered past the budget gives its slot back.
     earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and counts_against_budget(t)]
     if len(earlier) >= n_trials:

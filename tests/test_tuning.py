@@ -141,3 +141,17 @@ def test_trial_orphaned_between_ask_and_labelling_is_recovered(tmp_path):
     assert study.trials[orphan.number].state.name == "FAIL"
     assert study.trials[orphan.number].user_attrs["reason"] == tuning.DEAD
     check_consistent(tmp_path, job, 3, 1)
+
+
+def test_a_trial_labelled_halfway_is_not_taken_for_a_dead_workers():
+    """On a database server a worker labels its new trial in separate writes; another worker that
+    reads it in between must not fail it (that crashed the first worker's `tell` with
+    UpdateFinishedTrialError in a two-worker PostgreSQL run). Only a complete label is judged."""
+    import os
+    import socket
+
+    me = tuning.worker_identity()
+    assert tuning.worker_alive({"worker_host": socket.gethostname()})  # the host is written last now,
+    assert tuning.worker_alive({"run_id": "x", "worker_pid": os.getpid()})  # but never judge a partial label
+    assert tuning.worker_alive(me)
+    assert not tuning.worker_alive({**me, "worker_started": me["worker_started"] - 10})  # a recycled pid
