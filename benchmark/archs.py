@@ -109,21 +109,24 @@ def cnn(input_shape: tuple[int, ...], channels: list[int], kernel_size: int = 3)
 INITS = ("default", "xavier")  # default: PyTorch's own (Kaiming-uniform); xavier: BioTorch's
 
 
-def lenet_out_size(size: int, channels: list[int], pool: list[bool], kernel_size: int = 5) -> int:
-    """The side of the last convolution block's output for size x size images (below 1: too small)."""
-    for pooled in pool[: len(channels)]:
-        size = size - kernel_size + 1
-        size = size // 2 if pooled else size
-        if size < 1:
-            return size
-    return size
+def lenet_side(size: int, pooled: bool, kernel_size: int) -> int:
+    """The side of a LeNet convolution block's output for inputs of side `size` (no padding)."""
+    size = size - kernel_size + 1
+    return size // 2 if pooled else size
 
 
 def check_image_size(arch_cfg: dict, size: int) -> None:
     """Before training: an arch that cannot take size x size images says so in one line."""
     if arch_cfg.get("kind") != "lenet":
         return
-    if lenet_out_size(size, arch_cfg["channels"], arch_cfg["pool"], arch_cfg.get("kernel_size", 5)) < 1:
+    channels, pool = arch_cfg["channels"], arch_cfg["pool"]
+    if len(pool) != len(channels):
+        raise UserError(f"arch.pool={list(pool)} needs one entry per arch.channels={list(channels)}",
+                        "give a true/false per convolution")
+    side = size
+    for pooled in pool:
+        side = lenet_side(side, pooled, arch_cfg.get("kernel_size", 5))
+    if side < 1:
         raise UserError(f"arch {arch_cfg.get('name', 'lenet')} shrinks {size}x{size} images below 1 pixel",
                         "resize the images first (dataset.resize=32, as BioTorch does for MNIST)")
 
@@ -132,15 +135,11 @@ def lenet(input_shape: tuple[int, ...], channels: list[int], widths: list[int], 
           kernel_size: int = 5, init: str = "default") -> Blocks:
     """Convolution blocks (conv, no padding -> ReLU (-> maxpool 2 where `pool` says)), then fully
     connected blocks (Linear -> ReLU, the first one flattening): LeNet-5's shape."""
-    if len(pool) != len(channels):
-        raise UserError(f"arch.pool={pool} needs one entry per arch.channels={channels}", "give a true/false per convolution")
     in_ch, height, width = input_shape
     check_image_size({"kind": "lenet", "channels": channels, "pool": pool, "kernel_size": kernel_size}, min(height, width))
     blocks, shapes = [], []
     for out_ch, pooled in zip(channels, pool):
-        height, width = height - kernel_size + 1, width - kernel_size + 1
-        if pooled:
-            height, width = height // 2, width // 2
+        height, width = lenet_side(height, pooled, kernel_size), lenet_side(width, pooled, kernel_size)
         layers = [nn.Conv2d(in_ch, out_ch, kernel_size), nn.ReLU()] + ([nn.MaxPool2d(2)] if pooled else [])
         blocks.append(nn.Sequential(*layers))
         shapes.append((out_ch, height, width))

@@ -285,9 +285,7 @@ def load_raw(name: str, root: str | os.PathLike, download: bool) -> RawDataset:
 def load_splits(name: str, root, download: bool, val_size: int | None, split_seed: int, device: torch.device,
                 augment: str = "none", split: int | None = None, resize: int | None = None) -> Splits:
     """Load, fingerprint, split, (resize,) normalise and move one dataset to `device`."""
-    if name in GRAPHS:
-        if resize is not None:
-            raise UserError(f"dataset.resize={resize} applies to images, and '{name}' is a graph", "leave dataset.resize unset")
+    if name in GRAPHS:  # resize is for images: config.check_workload refuses it on a graph
         return load_graph_splits(name, root, download, split, device)
     if val_size is None:
         raise UserError(f"dataset '{name}' needs dataset.val_size", "set it in its configs/dataset/ YAML")

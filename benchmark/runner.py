@@ -84,10 +84,8 @@ def recorded_hp(recorded: dict | None, hp) -> dict | None:
         return recorded
     filled = dict(recorded)
     for f in dataclasses.fields(hp):
-        if f.name not in filled and f.default is not dataclasses.MISSING:
-            filled[f.name] = f.default
-        elif f.name not in filled and f.default_factory is not dataclasses.MISSING:
-            filled[f.name] = f.default_factory()
+        if f.name not in filled and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING):
+            filled[f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     return filled
 
 

@@ -82,7 +82,7 @@ class FeedbackBase(Method):
             for m in [*self.modules["blocks"], self.modules["head"]]
         ]
         self.feedback = self.make_feedback(net)  # buffers: fixed, not parameters, never trained
-        self.schedulers = []
+        self.schedulers = [None] * len(self.optimizers)  # set per phase (start_phase)
 
     def start_phase(self, phase, train_x, train_y, total_steps):
         self.schedulers = [lr_scheduler(self.hp.schedule, opt, total_steps, self.hp.milestones) for opt in self.optimizers]
@@ -118,7 +118,7 @@ class FeedbackBase(Method):
         self.advance_schedule(i)
 
     def advance_schedule(self, i: int) -> None:
-        if self.schedulers and self.schedulers[i] is not None:
+        if self.schedulers[i] is not None:
             self.schedulers[i].step()
 
     def predict(self, x):
@@ -171,7 +171,7 @@ class DirectFeedbackAlignment(FeedbackBase):
                          for size, p, k, st in zip(out.shape[2:], after.padding, after.kernel_size, after.stride)]
             spread = error[:, :, None, None].expand(-1, -1, *positions)
             return torch.nn.grad.conv2d_input(out.shape, b, spread, stride=after.stride, padding=after.padding)
-        return (error @ b.flatten(1) if self.hp.feedback == "layer" else error @ b).view_as(out)
+        return (error @ b.flatten(1)).view_as(out)  # dense B is 2-D already; a layer-shaped one is flattened
 
     def train_blocks(self, outs, error):
         for i, out in enumerate(outs):

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.spec import Locality, Method, register
-from methods._optim import schedule_factor
+from methods._optim import SCHEDULES, schedule_factor
 
 
 @dataclass
@@ -50,7 +50,7 @@ class PEPITAHyper:
     momentum: float = field(metadata={"ge": 0, "lt": 1})
     f_scale: float = field(metadata={"gt": 0})
     keep_rate: float = field(metadata={"gt": 0, "le": 1})  # dropout keep probability
-    schedule: str = field(metadata={"choices": ("step", "none", "cosine")})
+    schedule: str = field(metadata={"choices": SCHEDULES})
 
 
 @register
