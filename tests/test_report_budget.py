@@ -1,5 +1,6 @@
-"""A cell whose validation accuracy was still rising when its budget ran out is flagged, and the
-report makes no better/worse or reproduction claim about it (synthetic records, known curves)."""
+"""A cell whose validation accuracy was still rising when its budget ran out, or whose training
+loss climbed back above where it started, is flagged, and the report makes no better/worse claim
+about it (synthetic records, known curves)."""
 from __future__ import annotations
 
 import pytest
@@ -60,6 +61,47 @@ def test_a_rise_inside_the_seed_noise_is_not_a_trend():
     ff = next(r for r in rows if r.method == "ff").convergence
     assert ff.rise_pp == pytest.approx(0.8 / 3 - 0.5 / 3 + 0.1 / 3 + 0.0, abs=0.01) and ff.rise_pp > 0
     assert ff.window == 3 and not ff.rising
+
+
+def with_losses(run: dict, losses: list[float], phase: str = "train") -> dict:
+    for h, loss in zip(run["metrics"]["history"], losses):
+        h.update(train_loss=loss, phase=phase)
+    return run
+
+
+def test_a_training_loss_that_climbs_back_above_its_first_epoch_is_flagged_unstable():
+    # DFA at too high a rate on Fashion-MNIST: accuracy flat at 85 % while the loss went from 25 to
+    # 585 (the superseded record in docs/reproduction). The curve alone says "converged".
+    flat = [0.86, 0.88, 0.885, 0.886, 0.886, 0.885]
+    rows, runs = cells([flat] * 3, [0.88, 0.885, 0.89])
+    falling = [2.0, 1.0, 0.6, 0.5, 0.45, 0.44]
+    for r in runs:
+        with_losses(r, [25.0, 180.0, 430.0, 585.0, 100.0, 31.0] if (r["method"], r["seed"]) == ("ff", 2) else falling)
+    rows = numbers.summarise(runs)
+    ff, bp = (next(r for r in rows if r.method == m).convergence for m in ("ff", "bp"))
+    assert not ff.rising and ff.unstable == ((2, pytest.approx(585 / 25)),) and not ff.settled
+    assert bp.settled and bp.unstable == ()
+    [sentence] = numbers.significance_sentences(rows)
+    assert sentence["unstable"] and not sentence["budget_limited"] and sentence["verdict"] == "unstable training: no claim"
+    assert "worse than BP" not in sentence["sentence"] and "seed 2: 23.4x" in sentence["sentence"]
+    reference = [{"method": "ff", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.885, "tolerance": 0.01, "source": "x"}]
+    [verdict] = numbers.reproduction(rows, reference)
+    assert verdict["verdict"].startswith("within tolerance") and "unstable: training loss rose" in verdict["verdict"]
+    table = numbers.summary_table(rows).set_index("method")
+    assert table.loc["ff", "converged"].startswith("no: unstable") and table.loc["bp", "converged"] == "yes"
+
+
+def test_a_loss_rise_is_read_per_phase_and_only_on_positive_losses():
+    run = final("cafo_dfa", 0, [0.5] * 5, 0.9)
+    run["metrics"]["history"] = [{"epoch": 1, "phase": "blocks", "train_loss": 0.12}, {"epoch": 2, "phase": "blocks", "train_loss": 0.03},
+                                 {"epoch": 3, "phase": "predictors", "train_loss": 0.48}, {"epoch": 4, "phase": "predictors", "train_loss": 0.2}]
+    assert numbers.loss_rise(run) == pytest.approx(0.2 / 0.48)  # a new phase starting higher is not a rise
+    run["metrics"]["history"][3]["train_loss"] = 0.5
+    assert numbers.loss_rise(run) == pytest.approx(0.5 / 0.48)
+    run["metrics"]["history"] = [{"epoch": 1, "train_loss": -2.0}, {"epoch": 2, "train_loss": -1.0}, {"epoch": 3, "train_loss": None}]
+    assert numbers.loss_rise(run) is None  # an ELBO-like loss below zero: no ratio to read
+    run["metrics"]["history"] = [{"epoch": 1, "train_loss": 0.4}]
+    assert numbers.loss_rise(run) is None
 
 
 def test_one_epoch_is_no_evidence_of_convergence():

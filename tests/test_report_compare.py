@@ -110,6 +110,11 @@ def test_reproduction_reads_ours_the_papers_way_and_compares_like_with_like():
     far_above = {**refs[0], "test_accuracy": 0.960, "protocol": "best_val"}  # ours 0.980: 2 pp above, tolerance 0.5
     [above] = numbers.reproduction(rows, [far_above])
     assert above["verdict"].startswith("within tolerance (+2.00 pp") and "above the paper by more than that" in above["verdict"]
+    # A known reason for a shortfall is said beside it, and only where ours is below.
+    [explained] = numbers.reproduction(rows, [{**refs[1], "why_below": "its rate is not published"}])
+    assert explained["verdict"] == "below by 1.10 pp: its rate is not published"
+    [kept] = numbers.reproduction(rows, [{**refs[0], "why_below": "its rate is not published"}])
+    assert "not published" not in kept["verdict"]
 
 
 def test_depth_scaling_table_one_line_per_method_and_depth():

@@ -177,5 +177,5 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         print(f"bpfree-bench report: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"report: {out / 'index.html'} and {out / 'report.pdf'}")
+    print(f"report: {out / 'index.html'}" + ("" if args.no_pdf else f" and {out / 'report.pdf'}"))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -92,7 +92,8 @@ METRICS = [  # key, label, unit, scale
 
 @dataclass(frozen=True)
 class Convergence:
-    """Whether a cell's validation accuracy had stopped rising when its budget ran out.
+    """Whether a cell's validation accuracy had stopped rising when its budget ran out, and whether
+    its training was stable (`unstable`: the runs whose training loss rose above its first epoch's).
 
     The rule: for each completed run, fit a line (least squares) to its validation accuracy over
     the final third of its epochs (at least the last 2) and take the rise that line makes across
@@ -105,8 +106,17 @@ class Convergence:
     rise_pp: float  # mean fitted rise over the window, percentage points
     window: int  # epochs in the window (the longest over the seeds)
     noise_pp: float  # what the rise had to exceed
+    unstable: tuple = ()  # (seed, rise) for each run whose training loss rose above its first epoch's (see loss_rise)
+
+    @property
+    def settled(self) -> bool:
+        """Whether the cell's figure can carry a claim: its curve had stopped rising and its training was stable."""
+        return not self.rising and not self.unstable
 
     def phrase(self) -> str:
+        if self.unstable:
+            seeds = ", ".join(f"seed {seed}: {rise:.3g}x" for seed, rise in self.unstable)
+            return f"unstable: training loss rose above its first epoch's mean ({seeds})"
         if not self.rising:
             return "converged at this budget"
         if self.window < 2:
@@ -133,8 +143,37 @@ def val_curve(run: dict) -> list[float]:
     return [h["val_accuracy"] for h in (run.get("metrics") or {}).get("history", []) if h.get("val_accuracy") is not None]
 
 
+def loss_rise(run: dict) -> float | None:
+    """How far a run's training loss climbed above where it started: per phase, the highest later
+    epoch's mean training loss divided by the phase's first epoch's; the largest over the phases.
+
+    Training that works brings the loss below its first epoch's mean and keeps it there: every
+    committed reproduction stays under 0.75x. A later epoch above the first (ratio > 1) is a run
+    near divergence, however good its accuracy: DFA at too high a rate kept 85 % on Fashion-MNIST
+    while its loss climbed 23-fold (docs/reproduction/README.md). The loop stops only on a NaN/inf
+    loss, so the report says this. Phases with one epoch, or a loss that is not positive (a ratio
+    means nothing there), are left out; None when no phase is left."""
+    by_phase: dict = {}
+    for h in (run.get("metrics") or {}).get("history", []):
+        if h.get("train_loss") is not None:
+            by_phase.setdefault(h.get("phase"), []).append(h["train_loss"])
+    rises = [max(losses[1:]) / losses[0] for losses in by_phase.values()
+             if len(losses) > 1 and all(x > 0 for x in losses)]
+    return max(rises) if rises else None
+
+
+UNSTABLE_RISE = 1.0  # a training loss above its first epoch's mean (see loss_rise)
+
+
 def convergence(runs: list[dict]) -> Convergence:
-    """The cell's Convergence from its completed runs' validation curves (see the class)."""
+    """The cell's Convergence from its completed runs' validation curves and training losses (see the class)."""
+    convergence = curve_convergence(runs)
+    unstable = tuple((r["seed"], rise) for r in runs if (rise := loss_rise(r)) is not None and rise > UNSTABLE_RISE)
+    return replace(convergence, unstable=unstable) if unstable else convergence
+
+
+def curve_convergence(runs: list[dict]) -> Convergence:
+    """Convergence judged on the validation curves alone."""
     from scipy import stats
 
     rises, windows = [], []
@@ -228,21 +267,25 @@ SMALL_PP = 1.0  # a significant difference below this many points is called smal
 def significance_sentences(rows: list[Row]) -> list[dict]:
     """One sentence per method x cell against BP on the same dataset and arch: Welch's t-test on
     the final seeds' test accuracies, Holm-Bonferroni over every comparison the report makes, and
-    no claim where either cell was still rising at its budget."""
+    no claim where either cell was still rising at its budget or trained unstably."""
     pairs = [(row, base) for row in rows if row.method != BASELINE and (base := baseline_for(rows, row)) is not None]
     raw = [welch(row.accs, base.accs) for row, base in pairs]
-    limited = [[(name, c) for name, c in ((row.method, row.convergence), ("BP", base.convergence)) if c.rising]
+    limited = [[(name, c) for name, c in ((row.method, row.convergence), ("BP", base.convergence)) if not c.settled]
                for row, base in pairs]
     adjusted = holm([math.nan if lim else p for p, lim in zip(raw, limited)])
     out = []
-    for (row, base), p, q, rising in zip(pairs, raw, adjusted, limited):
+    for (row, base), p, q, unsettled in zip(pairs, raw, adjusted, limited):
         diff = (row.acc - base.acc) * 100
         head = f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp"
         tests = f"p={p:.3g}, Holm-adjusted p={q:.3g} (Welch's t-test, n={row.n} vs {base.n})"
-        if rising:
-            why = "; ".join(f"{name}: {c.phrase()}" for name, c in rising)
-            sentence = f"{head}, but the budget was too small to tell ({why}); no claim either way."
-            verdict = "budget too small to tell"
+        if unsettled:
+            why = "; ".join(f"{name}: {c.phrase()}" for name, c in unsettled)
+            if any(c.unstable for _, c in unsettled):
+                sentence = f"{head}, but training was unstable ({why}); no claim either way."
+                verdict = "unstable training: no claim"
+            else:
+                sentence = f"{head}, but the budget was too small to tell ({why}); no claim either way."
+                verdict = "budget too small to tell"
         elif math.isnan(p):
             sentence = f"{head}; too few seeds (n={row.n} vs {base.n}) for Welch's t-test."
             verdict = "too few seeds to tell"
@@ -256,7 +299,8 @@ def significance_sentences(rows: list[Row]) -> list[dict]:
             verdict = ("slightly " if abs(diff) < SMALL_PP else "") + ("above BP" if diff > 0 else "below BP")
         out.append({"dataset": row.dataset, "arch": row.arch, "method": row.method, "experiment": row.experiment,
                     "machine": row.machine, "diff_pp": diff, "p_value": p,
-                    "p_holm": q, "budget_limited": bool(rising), "verdict": verdict,
+                    "p_holm": q, "budget_limited": verdict == "budget too small to tell",
+                    "unstable": verdict == "unstable training: no claim", "verdict": verdict,
                     "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), Holm-Bonferroni (statsmodels)",
                     "sentence": sentence})
     return out
@@ -382,8 +426,8 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
     the test accuracy per epoch, also the figure read the paper's way (`protocol`). The verdict
     compares like with like: the paper's protocol where we have it, else the harness's figure.
     "within tolerance" when ours is at most `tolerance` below (and it says so when ours is more than
-    `tolerance` above); "below by x pp" otherwise, unless the runs were still rising at their budget
-    (then the budget was too small to tell)."""
+    `tolerance` above); "below by x pp" otherwise (with the figure's `why_below`, where known), unless
+    the runs were still rising at their budget (then the budget was too small to tell)."""
     out = []
     for ref in references:
         theirs, tol = ref["test_accuracy"], ref.get("tolerance", 0.01)
@@ -407,7 +451,9 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
             elif ours.convergence.rising:
                 verdict = "budget too small to tell: " + ours.convergence.phrase()
             else:
-                verdict = f"below by {-diff * 100:.2f} pp"
+                verdict = f"below by {-diff * 100:.2f} pp" + (f": {ref['why_below']}" if ref.get("why_below") else "")
+            if ours.convergence.unstable:  # whatever the figure, the reader is told the training was not sound
+                verdict += "; " + ours.convergence.phrase()
             epochs = sorted({r["metrics"].get("epochs_run") for r in ours.runs} - {None})
             out.append({**ref, "protocol": protocol, "ours": ours.acc, "ours_ci": ours.ci, "ours_protocol": as_paper,
                         "n": ours.n, "seeds": " ".join(map(str, sorted(ours.seeds))),
@@ -563,7 +609,7 @@ def summary_table(rows: list[Row]) -> pd.DataFrame:
             entry.update({"experiment": r.experiment, "machine": r.machine})
         entry.update({"n": r.n,
                  "test acc (%)": fmt(r.acc * 100), "95% CI (± pp)": fmt(r.ci * 100),
-                 "converged": "yes" if not r.convergence.rising else r.convergence.phrase().replace("not converged at this budget: ", "no: ")})
+                 "converged": "yes" if r.convergence.settled else "no: " + r.convergence.phrase().replace("not converged at this budget: ", "")})
         for key, label, unit, _ in METRICS:
             if key in r.values:
                 value, est, _src = r.values[key]
@@ -643,7 +689,9 @@ def glance_table(rows: list[Row], significance: list[dict]) -> pd.DataFrame:
         entry = {"method": row.method, "cell": f"{row.dataset}/{row.arch}"}
         if several:
             entry["experiment @ machine"] = f"{row.experiment} @ {row.machine}"
-        if sig["budget_limited"]:
+        if sig["unstable"]:
+            sure = "no test: training was unstable"
+        elif sig["budget_limited"]:
             sure = "no test: a curve was still rising"
         elif math.isnan(sig["p_value"]):
             sure = f"no test: {row.n} vs {base.n} seeds"

@@ -56,7 +56,8 @@ HOW_TO_READ = [
     "Holm-Bonferroni over every comparison on the page, found no difference at the 5% level. It is not proof of "
     "equality: with 3 seeds only differences of a few tenths of a point can show.",
     "\"Budget too small to tell\" means a validation curve was still rising when the epochs ran out: no claim is "
-    "made either way; raise train.epochs (or tuning.max_epochs) to find out.",
+    "made either way; raise train.epochs (or tuning.max_epochs) to find out. \"Unstable\" means a run's training "
+    "loss later rose above its first epoch's mean: no claim is made either way.",
     "Cost ratios divide a method's mean by BP's on the same machine: 0.5x is half of BP's cost. Energy marked † "
     "is an estimate (CodeCarbon), not a measurement; the Sources table names where every figure came from.",
 ]
@@ -115,6 +116,13 @@ def render_html(ctx: dict) -> str:
                  "<p class='note'>No method shares a cell (dataset, architecture, machine) with BP here.</p>")
     parts.append("<ul class='howto'>" + "".join(f"<li>{e(line)}</li>" for line in HOW_TO_READ) + "</ul></div>")
     limited = [r for r in ctx["rows"] if r.convergence.rising]
+    unstable = [r for r in ctx["rows"] if r.convergence.unstable]
+    if unstable:
+        parts.append("<p class='note'>Unstable training (a later epoch's training loss above the first epoch's mean, "
+                     "however good the accuracy): " + e("; ".join(f"{r.method} on {r.dataset}/{r.arch}, " + ", ".join(
+                         f"seed {seed} {rise:.3g}x" for seed, rise in r.convergence.unstable) for r in unstable))
+                     + ". No comparison below claims better or worse for these cells; a lower learning rate is the "
+                     "usual cure.</p>")
     if limited:
         parts.append("<p class='note'>Not converged at this budget (validation accuracy still rising over the final third of "
                      "the epochs beyond the seed noise): " + e(", ".join(f"{r.method} on {r.dataset}/{r.arch}" for r in limited))
