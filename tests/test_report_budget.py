@@ -89,6 +89,11 @@ def test_a_training_loss_that_climbs_back_above_its_first_epoch_is_flagged_unsta
     assert verdict["verdict"].startswith("within tolerance") and "unstable: training loss rose" in verdict["verdict"]
     table = numbers.summary_table(rows).set_index("method")
     assert table.loc["ff", "converged"].startswith("no: unstable") and table.loc["bp", "converged"] == "yes"
+    # Still rising and unstable: each said once, the budget first.
+    rising = [with_losses(final("ff", 1, [0.76, 0.88], 0.88), [2.0, 3.0])]
+    [both] = numbers.reproduction(numbers.summarise(rising), [{**reference[0], "test_accuracy": 0.95}])
+    assert both["verdict"].startswith("budget too small to tell: not converged at this budget: validation accuracy still rising")
+    assert both["verdict"].count("unstable") == 1 and both["verdict"].endswith("(seed 1: 1.5x)")
 
 
 def test_a_loss_rise_is_read_per_phase_and_only_on_positive_losses():

@@ -117,6 +117,9 @@ class Convergence:
         if self.unstable:
             seeds = ", ".join(f"seed {seed}: {rise:.3g}x" for seed, rise in self.unstable)
             return f"unstable: training loss rose above its first epoch's mean ({seeds})"
+        return self.curve_phrase()
+
+    def curve_phrase(self) -> str:
         if not self.rising:
             return "converged at this budget"
         if self.window < 2:
@@ -449,7 +452,7 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
             elif diff >= -tol:
                 verdict = f"within tolerance ({diff * 100:+.2f} pp; tolerance {tol * 100:.2f} pp)"
             elif ours.convergence.rising:
-                verdict = "budget too small to tell: " + ours.convergence.phrase()
+                verdict = "budget too small to tell: " + ours.convergence.curve_phrase()
             else:
                 verdict = f"below by {-diff * 100:.2f} pp" + (f": {ref['why_below']}" if ref.get("why_below") else "")
             if ours.convergence.unstable:  # whatever the figure, the reader is told the training was not sound
