@@ -113,10 +113,13 @@ class Convergence:
         """Whether the cell's figure can carry a claim: its curve had stopped rising and its training was stable."""
         return not self.rising and not self.unstable
 
+    def unstable_seeds(self) -> str:
+        """The unstable runs and their rises, e.g. "seed 1: 22.9x"."""
+        return ", ".join(f"seed {seed}: {rise:.3g}x" for seed, rise in self.unstable)
+
     def phrase(self) -> str:
         if self.unstable:
-            seeds = ", ".join(f"seed {seed}: {rise:.3g}x" for seed, rise in self.unstable)
-            return f"unstable: training loss rose above its first epoch's mean ({seeds})"
+            return f"unstable: training loss rose above its first epoch's mean ({self.unstable_seeds()})"
         return self.curve_phrase()
 
     def curve_phrase(self) -> str:
@@ -281,14 +284,14 @@ def significance_sentences(rows: list[Row]) -> list[dict]:
         diff = (row.acc - base.acc) * 100
         head = f"{row.method} vs BP on {row.dataset}/{row.arch}: {diff:+.2f} pp"
         tests = f"p={p:.3g}, Holm-adjusted p={q:.3g} (Welch's t-test, n={row.n} vs {base.n})"
-        if unsettled:
-            why = "; ".join(f"{name}: {c.phrase()}" for name, c in unsettled)
-            if any(c.unstable for _, c in unsettled):
-                sentence = f"{head}, but training was unstable ({why}); no claim either way."
-                verdict = "unstable training: no claim"
-            else:
-                sentence = f"{head}, but the budget was too small to tell ({why}); no claim either way."
-                verdict = "budget too small to tell"
+        why = "; ".join(f"{name}: {c.phrase()}" for name, c in unsettled)
+        unstable = any(c.unstable for _, c in unsettled)
+        if unstable:
+            sentence = f"{head}, but training was unstable ({why}); no claim either way."
+            verdict = "unstable training: no claim"
+        elif unsettled:
+            sentence = f"{head}, but the budget was too small to tell ({why}); no claim either way."
+            verdict = "budget too small to tell"
         elif math.isnan(p):
             sentence = f"{head}; too few seeds (n={row.n} vs {base.n}) for Welch's t-test."
             verdict = "too few seeds to tell"
@@ -302,8 +305,8 @@ def significance_sentences(rows: list[Row]) -> list[dict]:
             verdict = ("slightly " if abs(diff) < SMALL_PP else "") + ("above BP" if diff > 0 else "below BP")
         out.append({"dataset": row.dataset, "arch": row.arch, "method": row.method, "experiment": row.experiment,
                     "machine": row.machine, "diff_pp": diff, "p_value": p,
-                    "p_holm": q, "budget_limited": verdict == "budget too small to tell",
-                    "unstable": verdict == "unstable training: no claim", "verdict": verdict,
+                    "p_holm": q, "budget_limited": bool(unsettled) and not unstable,
+                    "unstable": unstable, "verdict": verdict,
                     "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), Holm-Bonferroni (statsmodels)",
                     "sentence": sentence})
     return out

@@ -119,8 +119,8 @@ def render_html(ctx: dict) -> str:
     unstable = [r for r in ctx["rows"] if r.convergence.unstable]
     if unstable:
         parts.append("<p class='note'>Unstable training (a later epoch's training loss above the first epoch's mean, "
-                     "however good the accuracy): " + e("; ".join(f"{r.method} on {r.dataset}/{r.arch}, " + ", ".join(
-                         f"seed {seed} {rise:.3g}x" for seed, rise in r.convergence.unstable) for r in unstable))
+                     "however good the accuracy): " + e("; ".join(
+                         f"{r.method} on {r.dataset}/{r.arch} ({r.convergence.unstable_seeds()})" for r in unstable))
                      + ". No comparison below claims better or worse for these cells; a lower learning rate is the "
                      "usual cure.</p>")
     if limited:
