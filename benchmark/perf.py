@@ -123,14 +123,15 @@ def interleaved(candidates: dict, repeats: int, inner: bool = False):
 # ------------------------------------------------------------------------------------------------
 
 
-def method_from_config(name: str, arch: str, data: Splits, device: torch.device | None = None, overrides=()):
+def method_from_config(name: str, arch: str, data: Splits, device: torch.device | None = None, overrides=(),
+                       dataset: str = "digits"):
     """A method built exactly as `python -m benchmark method=<name> arch=<arch> <overrides>` builds it."""
     import dataclasses
     import tempfile
 
     from benchmark import config
 
-    job = config.check(config.compose([f"method={name}", f"arch={arch}", "dataset=digits", "measure.emissions=false",
+    job = config.check(config.compose([f"method={name}", f"arch={arch}", f"dataset={dataset}", "measure.emissions=false",
                                        f"results_dir={tempfile.gettempdir()}/bpfree-perf", *overrides]))
     torch.manual_seed(0)
     return config.build_method(dataclasses.replace(job, device=device or DEVICE), data)
@@ -335,29 +336,64 @@ def matmul_peak() -> float:
     return 2 * n**3 / best
 
 
+GRAPH_EPOCHS = 50  # a full-graph epoch on Cora is one step of milliseconds: time many of them
+
+
+def cora_or_none() -> Splits | None:
+    """Cora (Planetoid) for the graph methods' rows; None without an offline copy or a download."""
+    from benchmark.data import load_graph_splits
+
+    try:
+        return load_graph_splits("cora", os.environ.get("BPFREE_DATA", "data"), False, None, torch.device("cpu"))
+    except Exception:  # noqa: BLE001 - the image rows stand without it; the graph rows say why they are missing
+        return None
+
+
+def throughput_cells(first_arch: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(row label, method, arch) for every method, on its first supported architecture, plus BP on
+    the GCN when any method is a graph method: their fraction of peak is read against BP's on the
+    same workload, not against BP's MLP."""
+    cells = [(name, name, arch) for name, arch in sorted(first_arch.items())]
+    if any(arch in archs.GRAPH_KINDS for arch in first_arch.values()):
+        cells.append(("bp (gcn)", "bp", "gcn"))
+    return cells
+
+
 def method_throughput(n_train: int, epochs: int = 1) -> None:
+    """Every registered method's training throughput and FLOP/s fraction of the GEMM peak: image
+    methods for `epochs` epochs of `n_train` MNIST images on their first architecture, graph methods
+    (and BP beside them, as their baseline) for GRAPH_EPOCHS full-graph epochs on Cora."""
     from benchmark import spec as methods
 
     peak = matmul_peak()
     where = f"{torch.get_num_threads()} threads" if DEVICE.type == "cpu" else torch.cuda.get_device_name(DEVICE)
     emit("methods", "fp32 matmul peak (large square GEMM)", peak / 1e9, "GFLOP/s", where)
-    data, source = mnist_or_synthetic(n_train)
-    data = on_device(data, DEVICE)
-    for name in methods.names():
-        cls = methods.get(name)
-        method = method_from_config(name, cls.supported_archs[0], data)
+    images, source = mnist_or_synthetic(n_train)
+    images = on_device(images, DEVICE)
+    cora = cora_or_none()
+    graph = on_device(cora, DEVICE) if cora is not None else None
+    for label, name, arch in throughput_cells({name: methods.get(name).supported_archs[0] for name in methods.names()}):
+        if arch in archs.GRAPH_KINDS:
+            if graph is None:
+                emit("methods", f"{label}: training throughput", math.nan, "samples/s", "skipped: no Cora copy (BPFREE_DATA)")
+                continue
+            method = method_from_config(name, arch, graph, dataset="cora")
+            data, n_epochs, note = graph, GRAPH_EPOCHS, f"{arch}, Cora full graph, {GRAPH_EPOCHS} epochs a phase, {DEVICE.type}"
+        else:
+            method = method_from_config(name, arch, images)
+            data, n_epochs, note = images, epochs, f"{arch}, {n_train} {source} images, {DEVICE.type}"
         meters = Meters(MeasureConfig(energy="none", emissions=False), DEVICE)
-        cfg = loop.TrainConfig(epochs=epochs * len(method.phases(1)), batch_size=128, eval_batch_size=2000,
+        cfg = loop.TrainConfig(epochs=n_epochs * len(method.phases(1)), batch_size=128, eval_batch_size=2000,
                                patience=0, min_delta=0.0, restore_best=False)
         out = loop.train(method, data, cfg, meters, seed=0, evaluate_test=False)
         seconds, flops = meters.seconds["train"], meters.flops["train"]
         samples = out["metrics"]["train_samples"]
         memory = meters.summary(samples, [])["peak_memory"]
-        note = f"{cls.supported_archs[0]}, {n_train} {source} images, {DEVICE.type}"
-        emit("methods", f"{name}: training throughput", samples / seconds, "samples/s", note)
-        emit("methods", f"{name}: achieved FLOP/s", flops / seconds / 1e9, "GFLOP/s", note)
-        emit("methods", f"{name}: fraction of matmul peak", flops / seconds / peak, "", note)
-        emit("methods", f"{name}: peak memory", (memory["value"] or 0) / 2**20, "MiB", memory["source"])
+        unit = "train nodes/s" if arch in archs.GRAPH_KINDS else "samples/s"
+        emit("methods", f"{label}: training throughput", samples / seconds, unit, note)
+        emit("methods", f"{label}: achieved FLOP/s", flops / seconds / 1e9, "GFLOP/s", note)
+        emit("methods", f"{label}: fraction of matmul peak", flops / seconds / peak, "", note)
+        emit("methods", f"{label}: peak memory", (memory["value"] or 0) / 2**20, "MiB", memory["source"])
 
 
 def ours_epoch(name: str, arch: str, data: Splits, epochs: int, overrides=()) -> tuple[float, float]:

@@ -123,6 +123,34 @@ def read_records(path: str | os.PathLike, strict: bool = False) -> list[dict]:
     return records
 
 
+def loss_rise(run: dict) -> float | None:
+    """How far a run's training loss climbed above where it started: per phase, the highest later
+    epoch's mean training loss divided by the phase's first epoch's; the largest over the phases.
+
+    Training that works brings the loss below its first epoch's mean and keeps it there: every
+    committed reproduction stays under 0.75x. A later epoch above the first (ratio > 1) is a run
+    near divergence, however good its accuracy: DFA at too high a rate kept 85 % on Fashion-MNIST
+    while its loss climbed 23-fold (docs/reproduction/README.md). The loop stops only on a NaN/inf
+    loss, so the report says this, and tuning ranks such a trial below every stable one
+    (benchmark/tuning.py: best_trial). Phases with one epoch, or a loss that is not positive (a ratio
+    means nothing there), are left out; None when no phase is left."""
+    by_phase: dict = {}
+    for h in (run.get("metrics") or {}).get("history", []):
+        if h.get("train_loss") is not None:
+            by_phase.setdefault(h.get("phase"), []).append(h["train_loss"])
+    rises = [max(losses[1:]) / losses[0] for losses in by_phase.values()
+             if len(losses) > 1 and all(x > 0 for x in losses)]
+    return max(rises) if rises else None
+
+
+UNSTABLE_RISE = 1.0  # a training loss above its first epoch's mean (see loss_rise)
+
+
+def unstable(run: dict) -> bool:
+    rise = loss_rise(run)
+    return rise is not None and rise > UNSTABLE_RISE
+
+
 def load(path: str | os.PathLike):
     """Records as a pandas DataFrame: one row per run; nested fields flattened with dots
     (metrics.test_accuracy, measurements.energy_train.value, ...)."""

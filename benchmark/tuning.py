@@ -166,6 +166,7 @@ def trial_user_attrs(record: dict) -> dict:
         "time_s": value("time_total"),
         "flops": (value("flops_train") or 0) + (value("flops_eval") or 0),
         "epochs_run": record["metrics"].get("epochs_run"),
+        "loss_rise": results.loss_rise(record),
     }
 
 
@@ -253,9 +254,20 @@ def run_trial(job: Job, study: optuna.Study, trial: optuna.Trial, spec: str) -> 
     return record
 
 
+def stable(trial: optuna.trial.FrozenTrial) -> bool:
+    """False when the trial's training loss climbed above its first epoch's (results.loss_rise).
+    Such a run can still score well on validation (DFA kept 85 % while its loss rose 23-fold), but
+    its setting is one the finals' other seeds may not survive. A trial told before this attribute
+    existed counts as stable: its record is not read again."""
+    rise = trial.user_attrs.get("loss_rise")
+    return rise is None or rise <= results.UNSTABLE_RISE
+
+
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The completed trial with the best validation accuracy, stable trials ranked before every
+    unstable one (an unstable trial wins only when no trial trained stably); ties to the earlier."""
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    return max(complete, key=lambda t: (stable(t), t.value, -t.number)) if complete else None
 
 
 def final_seeds(job: Job) -> list[int]:
@@ -269,6 +281,10 @@ def run_finals(job: Job, study: optuna.Study, spec: str) -> list[dict]:
     if best is None:
         log.warning("%s: no completed trial, no finals", study.study_name)
         return []
+    if not stable(best):
+        log.warning("%s: every completed trial's training loss rose above its first epoch's; the finals use "
+                    "trial %d (loss up %.1f-fold): widen or lower the search space", study.study_name, best.number,
+                    best.user_attrs["loss_rise"])
     hp = replace(job.hp, **best.params)
     lock = experiment_dir(cfg) / ".locks" / f"{study.study_name}.finals.lock"
     done = []
@@ -298,8 +314,10 @@ def tune_cell(job: Job) -> list[dict]:
     first = defaults_in_space(job.hp, job.search_space) if job.tuning.enqueue_defaults else None
     while (trial := claim_trial(study, n_trials, lock, first)) is not None:
         record = run_trial(job, study, trial, spec)
+        rise = results.loss_rise(record)
         print(f"{study.study_name} trial {trial.number}: {record['status']}"
-              + (f", val accuracy {record['metrics']['val_accuracy']:.4f}" if record["metrics"].get("val_accuracy") is not None else ""))
+              + (f", val accuracy {record['metrics']['val_accuracy']:.4f}" if record["metrics"].get("val_accuracy") is not None else "")
+              + (f", unstable: training loss up {rise:.1f}-fold (ranked below stable trials)" if results.unstable(record) else ""))
     # Wait for trials other live workers are still running: the best setting is only known then.
     while any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
         recover_dead_trials(study, records_by_id(cfg), lock)

@@ -55,3 +55,44 @@ def test_the_pruners_decision_stops_the_trial(prune, tmp_path):
     else:
         on_epoch(record)
     assert trial.reported == [(2, 0.4)]
+
+
+def told_trial(study, val_accuracy: float, losses: list[float]) -> None:
+    """A completed trial told from a record whose training loss went through `losses`."""
+    trial = study.ask()
+    history = [{"epoch": i + 1, "phase": "train", "train_loss": loss, "val_accuracy": val_accuracy}
+                for i, loss in enumerate(losses)]
+    record = {"run_id": f"r{trial.number}", "status": "completed",
+              "metrics": {"val_accuracy": val_accuracy, "history": history, "epochs_run": len(losses)}}
+    tuning.tell_from_record(study, trial.number, record)
+
+
+def test_a_trial_whose_loss_climbed_is_ranked_below_every_stable_trial():
+    """DFA at too high a rate scored the best validation accuracy of a 3-epoch probe with a loss of
+    22,000 and rising: finals must not inherit such a setting while a stable one exists."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    told_trial(study, 0.80, [1.0, 0.6, 0.5])         # stable
+    told_trial(study, 0.91, [4.6, 900.0, 22000.0])   # best on validation, loss exploding
+    told_trial(study, 0.85, [2.0, 1.2, 0.9])         # stable, the best of those
+    best = tuning.best_trial(study)
+    assert best.number == 2 and tuning.stable(best)
+    assert study.trials[1].user_attrs["loss_rise"] == pytest.approx(22000.0 / 4.6)
+    assert not tuning.stable(study.trials[1])
+
+
+def test_unstable_trials_are_still_ranked_among_themselves_when_no_trial_is_stable():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    told_trial(study, 0.70, [1.0, 3.0])
+    told_trial(study, 0.75, [1.0, 1.5])
+    assert tuning.best_trial(study).number == 1
+
+
+def test_a_trial_told_before_the_loss_check_existed_counts_as_stable():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    told_trial(study, 0.80, [1.0, 3.0])   # unstable
+    old = study.ask()
+    study.tell(old, 0.78)                 # no loss_rise attribute: a study from an earlier version
+    assert tuning.best_trial(study).number == old.number
