@@ -141,3 +141,26 @@ def test_cost_to_target_figure_stays_a_readable_size_when_no_cell_reaches_its_ta
     plot_cost_to_target(costs, figs)
     width, height = struct.unpack(">II", (tmp_path / "cost_to_target.png").read_bytes()[16:24])
     assert width <= 2000 and height <= 2000, (width, height)
+
+
+def test_finals_of_a_setting_the_study_no_longer_ranks_best_are_left_out_and_named():
+    """A study's best changed after its finals ran (more trials, or an unstable trial ranked last):
+    the new finals re-use seeds 1-3. Pooling both would count each seed twice and mix two settings."""
+    def tuned(seed, number, acc, finished):
+        r = final("ff", seed, [0.8, 0.85, 0.86], acc)
+        return {**r, "experiment": "e", "cell": "ff__mlp__mnist", "finished_at": finished,
+                "trial": {"study": "ff__mlp__mnist", "number": number, "storage": "sqlite:///x.db"}}
+
+    old = [tuned(s, 2, 0.50, f"2026-11-01T00:0{s}:00+00:00") for s in (1, 2, 3)]
+    new = [tuned(s, 7, 0.90, f"2026-11-02T00:0{s}:00+00:00") for s in (1, 2, 3)]
+    records = new[:1] + old + new[1:]  # file order is not finishing order
+    kept = numbers.final_runs(records)
+    assert sorted(r["seed"] for r in kept) == [1, 2, 3] and {r["trial"]["number"] for r in kept} == {7}
+    [row] = numbers.summarise(kept)
+    assert row.acc == pytest.approx(0.90)
+    note = numbers.superseded_note(records)
+    assert "ff__mlp__mnist (trial 2, seeds 1 2 3)" in note
+    assert numbers.superseded_note(new) is None and len(numbers.final_runs(new)) == 3
+    # Another machine's study of the same name is its own study: its finals are not superseded.
+    elsewhere = [{**r, "environment": {"gpu_model": "NVIDIA H200"}} for r in old]
+    assert len(numbers.final_runs(new + elsewhere)) == 6

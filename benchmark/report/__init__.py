@@ -42,7 +42,7 @@ from benchmark.storage import redact
 from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_alignment, plot_cost_to_target, plot_costs,
                                       plot_depth_scaling, plot_learning_curves, plot_optuna, plot_probes, plot_profiles)
 from benchmark.report.numbers import (TARGET_FRACTION, alignment_table, hp_matches, budget_summary, cost_to_target, costs_display, fixed_targets,
-                                      failures_table, final_runs, probes_table, robustness_table,
+                                      failures_table, final_runs, probes_table, superseded_note, robustness_table,
                                       depth_display, depth_table, glance_table, provenance,
                                       reproduction, reproduction_markdown, significance_sentences, sources_table, summarise, summary_table,
                                       targets_per_dataset)
@@ -136,6 +136,7 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
         "reproduction": reproduction(rows, references), "failures": failures_table(records),
         "sources": sources_table(runs), "method_notes": method_notes(sorted({r.method for r in rows})),
         "provenance": provenance(records, storage), "optuna_notes": optuna_notes,
+        "superseded": superseded_note(records),
         "n_final": len(runs), "n_trials": sum(r.get("kind") == "trial" for r in records),
         "n_failed": sum(r.get("status") in ("failed", "diverged") for r in records),
     }

@@ -77,9 +77,41 @@ def method_rank(name: str) -> tuple[int, str]:
 
 
 def final_runs(records: list[dict]) -> list[dict]:
-    """The runs reports are about: finals where the experiment was tuned, else single runs."""
+    """The runs reports are about: finals where the experiment was tuned (those of each study's
+    current best setting: see superseded_finals), else single runs."""
     finals = [r for r in records if r.get("kind") == "final"]
-    return finals or [r for r in records if r.get("kind") == "run"]
+    if not finals:
+        return [r for r in records if r.get("kind") == "run"]
+    left_out = {id(r) for r in superseded_finals(finals)}
+    return [r for r in finals if id(r) not in left_out]
+
+
+def _study_of(final: dict) -> tuple:
+    trial = final.get("trial") or {}
+    return final.get("experiment"), trial.get("study") or final.get("cell"), trial.get("storage"), machine_of(final)
+
+
+def superseded_finals(records: list[dict]) -> list[dict]:
+    """Finals of a setting their study no longer calls best. A study's best can change after its
+    finals ran (a larger tuning budget, or tuning's rule ranking a trial whose loss climbed last),
+    and its new finals re-use the same seeds: pooling both would count each seed twice and mix two
+    settings in one mean. The current setting is the trial of the study's most recently finished
+    final."""
+    finals = sorted((r for r in records if r.get("kind") == "final"), key=lambda r: r.get("finished_at") or "")
+    current = {_study_of(r): (r.get("trial") or {}).get("number") for r in finals}  # the latest wins
+    return [r for r in finals if (r.get("trial") or {}).get("number") != current[_study_of(r)]]
+
+
+def superseded_note(records: list[dict]) -> str | None:
+    """One line naming the finals left out of the report (superseded_finals), or None."""
+    left_out: dict = {}
+    for r in superseded_finals(records):
+        left_out.setdefault((r.get("cell"), (r.get("trial") or {}).get("number")), []).append(r.get("seed"))
+    if not left_out:
+        return None
+    parts = [f"{cell} (trial {number}, seeds {' '.join(str(s) for s in sorted(seeds))})" for (cell, number), seeds in sorted(left_out.items(), key=str)]
+    return ("Left out: the final runs of a setting their study no longer ranks best, since newer finals of the "
+            "current best setting were run: " + "; ".join(parts) + ".")
 
 
 METRICS = [  # key, label, unit, scale

@@ -111,6 +111,8 @@ def render_html(ctx: dict) -> str:
     parts.append(f"<p class='note'>{ctx['n_final']} final runs, {ctx['n_trials']} tuning trials, "
                  f"{ctx['n_failed']} failed or diverged runs. Generated {e(ctx['provenance']['generated'])}.</p>")
     parts.append(f"<p><b>{e(ctx['budget'])}</b></p>")
+    if ctx.get("superseded"):
+        parts.append(f"<p class='note'>{e(ctx['superseded'])}</p>")
     parts.append("<div class='glance'><h2>At a glance: each method against BP</h2>")
     parts.append(table_html(ctx["glance"]) if not ctx["glance"].empty else
                  "<p class='note'>No method shares a cell (dataset, architecture, machine) with BP here.</p>")
