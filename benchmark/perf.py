@@ -339,12 +339,13 @@ def matmul_peak() -> float:
 GRAPH_EPOCHS = 50  # a full-graph epoch on Cora is one step of milliseconds: time many of them
 
 
-def cora_or_none() -> Splits | None:
-    """Cora (Planetoid) for the graph methods' rows; None without an offline copy or a download."""
+def cora_or_none(root: str | os.PathLike | None = None) -> Splits | None:
+    """Cora (Planetoid) for the graph methods' rows, from `root` (default BPFREE_DATA, else data/);
+    None without an offline copy."""
     from benchmark.data import load_graph_splits
 
     try:
-        return load_graph_splits("cora", os.environ.get("BPFREE_DATA", "data"), False, None, torch.device("cpu"))
+        return load_graph_splits("cora", root or os.environ.get("BPFREE_DATA", "data"), False, None, torch.device("cpu"))
     except Exception:  # noqa: BLE001 - the image rows stand without it; the graph rows say why they are missing
         return None
 

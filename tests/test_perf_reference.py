@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from benchmark import perf
 from benchmark.data import Splits
 from benchmark.perf_reference import REFERENCE_FF, reference_cafo_epoch, reference_ff_epoch
+from tests.conftest import graph_root
 
 
 def learnable_mnist_shaped(n_train: int = 3000, n_eval: int = 500) -> Splits:
@@ -72,11 +72,15 @@ def test_the_methods_section_covers_every_registered_method_graph_ones_beside_bp
 def test_each_graph_cell_of_the_methods_section_builds_on_cora():
     from benchmark import spec
 
-    data = perf.cora_or_none()
-    if data is None:
-        pytest.skip("no offline Cora copy under BPFREE_DATA")
+    root = graph_root()  # BPFREE_DATA, else laid out from ../shared/data; skips where neither exists
+    data = perf.cora_or_none(root)
+    assert data is not None and data.info["kind"] == "graph"
     first_arch = {name: spec.get(name).supported_archs[0] for name in spec.names()}
     for label, name, arch in perf.throughput_cells(first_arch):
         if arch in ("gcn", "sage"):
-            method = perf.method_from_config(name, arch, data, torch.device("cpu"), dataset="cora")
+            method = perf.method_from_config(name, arch, data, torch.device("cpu"), [f"data.root={root}"], dataset="cora")
             assert method.phases(1), label
+
+
+def test_without_cora_the_graph_rows_are_skipped_not_a_crash(tmp_path):
+    assert perf.cora_or_none(tmp_path) is None
