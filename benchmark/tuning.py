@@ -283,7 +283,7 @@ def run_finals(job: Job, study: optuna.Study, spec: str) -> list[dict]:
         return []
     if not stable(best):
         log.warning("%s: every completed trial's training loss rose above its first epoch's; the finals use "
-                    "trial %d (loss up %.1f-fold): widen or lower the search space", study.study_name, best.number,
+                    "trial %d (loss up %.1f-fold): narrow the search space (lower learning rates, for one)", study.study_name, best.number,
                     best.user_attrs["loss_rise"])
     hp = replace(job.hp, **best.params)
     lock = experiment_dir(cfg) / ".locks" / f"{study.study_name}.finals.lock"
@@ -317,7 +317,8 @@ def tune_cell(job: Job) -> list[dict]:
         rise = results.loss_rise(record)
         print(f"{study.study_name} trial {trial.number}: {record['status']}"
               + (f", val accuracy {record['metrics']['val_accuracy']:.4f}" if record["metrics"].get("val_accuracy") is not None else "")
-              + (f", unstable: training loss up {rise:.1f}-fold (ranked below stable trials)" if results.unstable(record) else ""))
+              + (f", unstable: training loss up {rise:.1f}-fold (ranked below stable trials)"
+                 if rise is not None and rise > results.UNSTABLE_RISE else ""))
     # Wait for trials other live workers are still running: the best setting is only known then.
     while any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
         recover_dead_trials(study, records_by_id(cfg), lock)

@@ -79,11 +79,12 @@ def test_a_training_loss_that_climbs_back_above_its_first_epoch_is_flagged_unsta
         with_losses(r, [25.0, 180.0, 430.0, 585.0, 100.0, 31.0] if (r["method"], r["seed"]) == ("ff", 2) else falling)
     rows = numbers.summarise(runs)
     ff, bp = (next(r for r in rows if r.method == m).convergence for m in ("ff", "bp"))
-    assert not ff.rising and ff.unstable == ((2, pytest.approx(585 / 25)),) and not ff.settled
+    # the highest median of 3 consecutive later epochs: (180, 430, 585) -> 430
+    assert not ff.rising and ff.unstable == ((2, pytest.approx(430 / 25)),) and not ff.settled
     assert bp.settled and bp.unstable == ()
     [sentence] = numbers.significance_sentences(rows)
     assert sentence["unstable"] and not sentence["budget_limited"] and sentence["verdict"] == "unstable training: no claim"
-    assert "worse than BP" not in sentence["sentence"] and "seed 2: 23.4x" in sentence["sentence"]
+    assert "worse than BP" not in sentence["sentence"] and "seed 2: 17.2x" in sentence["sentence"]
     reference = [{"method": "ff", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.885, "tolerance": 0.01, "source": "x"}]
     [verdict] = numbers.reproduction(rows, reference)
     assert verdict["verdict"].startswith("within tolerance") and "unstable: training loss rose" in verdict["verdict"]
@@ -94,6 +95,18 @@ def test_a_training_loss_that_climbs_back_above_its_first_epoch_is_flagged_unsta
     [both] = numbers.reproduction(numbers.summarise(rising), [{**reference[0], "test_accuracy": 0.95}])
     assert both["verdict"].startswith("budget too small to tell: not converged at this budget: validation accuracy still rising")
     assert both["verdict"].count("unstable") == 1 and both["verdict"].endswith("(seed 1: 1.5x)")
+
+
+def test_a_one_epoch_loss_spike_that_recovers_is_not_unstable_but_a_sustained_climb_is():
+    # FF on the 4x2000 MLP (docs/reproduction/repro_ff): 114 at epoch 1, a spike to 110.7 at epoch 96,
+    # 0.3x the next epoch, 98.37 % test accuracy. Its paper's figure is reproduced.
+    spike = with_losses(final("ff", 0, [0.9] * 7, 0.98), [114.0, 40.0, 27.0, 110.7, 20.0, 35.0, 18.0])
+    assert numbers.loss_rise(spike) == pytest.approx(40.0 / 114.0)  # median of (40, 27, 110.7)
+    assert numbers.convergence([spike]).unstable == ()
+    # Two of three consecutive epochs above the start: a climb, even though it comes back down.
+    climb = with_losses(final("ff", 1, [0.9] * 7, 0.98), [10.0, 8.0, 12.0, 13.0, 9.0, 5.0, 4.0])
+    assert numbers.loss_rise(climb) == pytest.approx(1.2)
+    assert numbers.convergence([climb]).unstable == ((1, pytest.approx(1.2)),)
 
 
 def test_a_loss_rise_is_read_per_phase_and_only_on_positive_losses():

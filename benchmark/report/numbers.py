@@ -127,7 +127,7 @@ METRICS = [  # key, label, unit, scale
 @dataclass(frozen=True)
 class Convergence:
     """Whether a cell's validation accuracy had stopped rising when its budget ran out, and whether
-    its training was stable (`unstable`: the runs whose training loss rose above its first epoch's).
+    its training was stable (`unstable`: the runs whose training loss rose, and stayed, above its first epoch's).
 
     The rule: for each completed run, fit a line (least squares) to its validation accuracy over
     the final third of its epochs (at least the last 2) and take the rise that line makes across
@@ -140,7 +140,7 @@ class Convergence:
     rise_pp: float  # mean fitted rise over the window, percentage points
     window: int  # epochs in the window (the longest over the seeds)
     noise_pp: float  # what the rise had to exceed
-    unstable: tuple = ()  # (seed, rise) for each run whose training loss rose above its first epoch's (see loss_rise)
+    unstable: tuple = ()  # (seed, rise) for each run whose training loss rose and stayed above its first epoch's (see loss_rise)
 
     @property
     def settled(self) -> bool:
@@ -148,7 +148,7 @@ class Convergence:
         return not self.rising and not self.unstable
 
     def unstable_seeds(self) -> str:
-        """The unstable runs and their rises, e.g. "seed 1: 22.9x"."""
+        """The unstable runs and their rises, e.g. "seed 1: 22.6x"."""
         return ", ".join(f"seed {seed}: {rise:.3g}x" for seed, rise in self.unstable)
 
     def phrase(self) -> str:
