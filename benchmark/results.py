@@ -130,8 +130,8 @@ def loss_rise(run: dict) -> float | None:
     epochs where there are fewer), divided by the phase's first epoch's; the largest over the phases.
 
     Training that works brings the loss below its first epoch's mean and keeps it there: every
-    committed reproduction stays under 0.66x. A loss that stays above the first epoch's (ratio > 1)
-    is a run near divergence, however good its accuracy: DFA at too high a rate kept 85 % on
+    committed reproduction stays under 0.66x. A loss that stays above the first epoch's (by more
+    than UNSTABLE_RISE's margin) is a run near divergence, however good its accuracy: DFA at too high a rate kept 85 % on
     Fashion-MNIST while its loss climbed 23-fold (docs/reproduction/README.md). The median makes a
     one-epoch spike that recovers at once no rise: FF on the 4x2000 MLP spiked to 0.97x its first
     epoch's loss at epoch 96 of 100 and was back at 0.3x the next, a run that reproduces its paper
@@ -157,7 +157,12 @@ def _sustained_peak(losses: list[float]) -> float:
     return max(statistics.median(w) for w in windows)
 
 
-UNSTABLE_RISE = 1.0  # a training loss above its first epoch's mean (see loss_rise)
+# How far above its first epoch's mean a loss must stay to count as climbing (see loss_rise). Not 1.0:
+# a loss on a plateau drifts by a percent or so, and ForwardGNN's top-down loss on Cora rose 0.5 %
+# over its first 4 epochs before falling to 0.11x of its start (a run of 69.9 % test accuracy).
+# Runs on their way to diverging stay tens of percent to orders of magnitude above it: DFA at
+# MNIST's rate on Fashion-MNIST 1.41x and 22.6x, DFA's 3-epoch probe at 3e-4 1.85x.
+UNSTABLE_RISE = 1.1
 
 
 def load(path: str | os.PathLike):

@@ -255,7 +255,8 @@ def run_trial(job: Job, study: optuna.Study, trial: optuna.Trial, spec: str) -> 
 
 
 def stable(trial: optuna.trial.FrozenTrial) -> bool:
-    """False when the trial's training loss climbed above its first epoch's (results.loss_rise).
+    """False when the trial's training loss climbed, and stayed, more than 10 % above its first
+    epoch's (results.loss_rise, results.UNSTABLE_RISE).
     Such a run can still score well on validation (DFA kept 85 % while its loss rose 23-fold), but
     its setting is one the finals' other seeds may not survive. A trial told before this attribute
     existed counts as stable: its record is not read again."""
@@ -282,7 +283,7 @@ def run_finals(job: Job, study: optuna.Study, spec: str) -> list[dict]:
         log.warning("%s: no completed trial, no finals", study.study_name)
         return []
     if not stable(best):
-        log.warning("%s: every completed trial's training loss rose above its first epoch's; the finals use "
+        log.warning("%s: every completed trial's training loss rose and stayed above its first epoch's; the finals use "
                     "trial %d (loss up %.1f-fold): narrow the search space (lower learning rates, for one)", study.study_name, best.number,
                     best.user_attrs["loss_rise"])
     hp = replace(job.hp, **best.params)

@@ -127,7 +127,7 @@ METRICS = [  # key, label, unit, scale
 @dataclass(frozen=True)
 class Convergence:
     """Whether a cell's validation accuracy had stopped rising when its budget ran out, and whether
-    its training was stable (`unstable`: the runs whose training loss rose, and stayed, above its first epoch's).
+    its training was stable (`unstable`: the runs whose training loss rose, and stayed, more than 10 % above its first epoch's).
 
     The rule: for each completed run, fit a line (least squares) to its validation accuracy over
     the final third of its epochs (at least the last 2) and take the rise that line makes across
@@ -140,7 +140,7 @@ class Convergence:
     rise_pp: float  # mean fitted rise over the window, percentage points
     window: int  # epochs in the window (the longest over the seeds)
     noise_pp: float  # what the rise had to exceed
-    unstable: tuple = ()  # (seed, rise) for each run whose training loss rose and stayed above its first epoch's (see loss_rise)
+    unstable: tuple = ()  # (seed, rise) for each run whose loss rose and stayed over 10 % above its first epoch's (see loss_rise)
 
     @property
     def settled(self) -> bool:

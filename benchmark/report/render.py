@@ -57,7 +57,8 @@ HOW_TO_READ = [
     "equality: with 3 seeds only differences of a few tenths of a point can show.",
     "\"Budget too small to tell\" means a validation curve was still rising when the epochs ran out: no claim is "
     "made either way; raise train.epochs (or tuning.max_epochs) to find out. \"Unstable\" means a run's training "
-    "loss later rose above its first epoch's mean and stayed there (two of three consecutive epochs): no claim is "
+    "loss later rose more than 10 % above its first epoch's mean and stayed there (two of three consecutive "
+    "epochs): no claim is "
     "made either way.",
     "Cost ratios divide a method's mean by BP's on the same machine: 0.5x is half of BP's cost. Energy marked † "
     "is an estimate (CodeCarbon), not a measurement; the Sources table names where every figure came from.",
@@ -121,7 +122,8 @@ def render_html(ctx: dict) -> str:
     limited = [r for r in ctx["rows"] if r.convergence.rising]
     unstable = [r for r in ctx["rows"] if r.convergence.unstable]
     if unstable:
-        parts.append("<p class='note'>Unstable training (the training loss above the first epoch's mean in two of three consecutive epochs, "
+        parts.append("<p class='note'>Unstable training (the training loss more than 10 % above the first epoch's mean in two of three "
+                     "consecutive epochs, "
                      "however good the accuracy): " + e("; ".join(
                          f"{r.method} on {r.dataset}/{r.arch} ({r.convergence.unstable_seeds()})" for r in unstable))
                      + ". No comparison below claims better or worse for these cells; a lower learning rate is the "
