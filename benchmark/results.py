@@ -134,7 +134,7 @@ def loss_rise(run: dict) -> float | None:
     than UNSTABLE_RISE's margin) is a run near divergence, however good its accuracy: DFA at too high a rate kept 85 % on
     Fashion-MNIST while its loss climbed 23-fold (docs/reproduction/README.md). The median makes a
     one-epoch spike that recovers at once no rise: FF on the 4x2000 MLP spiked to 0.97x its first
-    epoch's loss at epoch 96 of 100 and was back at 0.3x the next, a run that reproduces its paper
+    epoch's loss at epoch 96 of 100 and was back at 0.02x the next, a run that reproduces its paper
     (0.42x by this reading). The loop stops only on a NaN/inf loss, so the report says this, and
     tuning ranks such a trial below every stable one (benchmark/tuning.py: best_trial). Phases with
     one epoch, or a loss that is not positive (a ratio means nothing there), are left out; None
