@@ -343,10 +343,11 @@ def cora_or_none(root: str | os.PathLike | None = None) -> Splits | None:
     """Cora (Planetoid) for the graph methods' rows, from `root` (default BPFREE_DATA, else data/);
     None without an offline copy."""
     from benchmark.data import load_graph_splits
+    from benchmark.errors import UserError
 
     try:
         return load_graph_splits("cora", root or os.environ.get("BPFREE_DATA", "data"), False, None, torch.device("cpu"))
-    except Exception:  # noqa: BLE001 - the image rows stand without it; the graph rows say why they are missing
+    except UserError:  # not laid out: the image rows stand without it, and the graph rows say why they are missing
         return None
 
 
@@ -374,9 +375,10 @@ def method_throughput(n_train: int, epochs: int = 1) -> None:
     cora = cora_or_none()
     graph = on_device(cora, DEVICE) if cora is not None else None
     for label, name, arch in throughput_cells({name: methods.get(name).supported_archs[0] for name in methods.names()}):
+        unit = "train nodes/s" if arch in archs.GRAPH_KINDS else "samples/s"
         if arch in archs.GRAPH_KINDS:
             if graph is None:
-                emit("methods", f"{label}: training throughput", math.nan, "samples/s", "skipped: no Cora copy (BPFREE_DATA)")
+                emit("methods", f"{label}: training throughput", math.nan, unit, "skipped: no Cora copy (BPFREE_DATA)")
                 continue
             method = method_from_config(name, arch, graph, dataset="cora")
             data, n_epochs, note = graph, GRAPH_EPOCHS, f"{arch}, Cora full graph, {GRAPH_EPOCHS} epochs a phase, {DEVICE.type}"
@@ -390,7 +392,6 @@ def method_throughput(n_train: int, epochs: int = 1) -> None:
         seconds, flops = meters.seconds["train"], meters.flops["train"]
         samples = out["metrics"]["train_samples"]
         memory = meters.summary(samples, [])["peak_memory"]
-        unit = "train nodes/s" if arch in archs.GRAPH_KINDS else "samples/s"
         emit("methods", f"{label}: training throughput", samples / seconds, unit, note)
         emit("methods", f"{label}: achieved FLOP/s", flops / seconds / 1e9, "GFLOP/s", note)
         emit("methods", f"{label}: fraction of matmul peak", flops / seconds / peak, "", note)

@@ -131,8 +131,9 @@ def loss_rise(run: dict) -> float | None:
 
     Training that works brings the loss below its first epoch's mean and keeps it there: every
     committed reproduction stays under 0.66x. A loss that stays above the first epoch's (by more
-    than UNSTABLE_RISE's margin) is a run near divergence, however good its accuracy: DFA at too high a rate kept 85 % on
-    Fashion-MNIST while its loss climbed 23-fold (docs/reproduction/README.md). The median makes a
+    than UNSTABLE_RISE's margin: `climbed`) is a run near divergence, however good its accuracy:
+    DFA at too high a rate kept 85 % on Fashion-MNIST while its loss climbed 23-fold
+    (docs/reproduction/README.md). The median makes a
     one-epoch spike that recovers at once no rise: FF on the 4x2000 MLP spiked to 0.97x its first
     epoch's loss at epoch 96 of 100 and was back at 0.02x the next, a run that reproduces its paper
     (0.42x by this reading). The loop stops only on a NaN/inf loss, so the report says this, and
@@ -163,6 +164,11 @@ def _sustained_peak(losses: list[float]) -> float:
 # Runs on their way to diverging stay tens of percent to orders of magnitude above it: DFA at
 # MNIST's rate on Fashion-MNIST 1.41x and 22.6x, DFA's 3-epoch probe at 3e-4 1.85x.
 UNSTABLE_RISE = 1.1
+
+
+def climbed(rise: float | None) -> bool:
+    """Whether a loss_rise is an unstable run's: the one rule the report and tuning both apply."""
+    return rise is not None and rise > UNSTABLE_RISE
 
 
 def load(path: str | os.PathLike):

@@ -260,8 +260,7 @@ def stable(trial: optuna.trial.FrozenTrial) -> bool:
     Such a run can still score well on validation (DFA kept 85 % while its loss rose 23-fold), but
     its setting is one the finals' other seeds may not survive. A trial told before this attribute
     existed counts as stable: its record is not read again."""
-    rise = trial.user_attrs.get("loss_rise")
-    return rise is None or rise <= results.UNSTABLE_RISE
+    return not results.climbed(trial.user_attrs.get("loss_rise"))
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -283,8 +282,8 @@ def run_finals(job: Job, study: optuna.Study, spec: str) -> list[dict]:
         log.warning("%s: no completed trial, no finals", study.study_name)
         return []
     if not stable(best):
-        log.warning("%s: every completed trial's training loss rose and stayed above its first epoch's; the finals use "
-                    "trial %d (loss up %.1f-fold): narrow the search space (lower learning rates, for one)", study.study_name, best.number,
+        log.warning("%s: every completed trial's training loss climbed; the finals use trial %d (loss up %.1f-fold): "
+                    "narrow the search space (lower learning rates, for one)", study.study_name, best.number,
                     best.user_attrs["loss_rise"])
     hp = replace(job.hp, **best.params)
     lock = experiment_dir(cfg) / ".locks" / f"{study.study_name}.finals.lock"
@@ -318,8 +317,7 @@ def tune_cell(job: Job) -> list[dict]:
         rise = results.loss_rise(record)
         print(f"{study.study_name} trial {trial.number}: {record['status']}"
               + (f", val accuracy {record['metrics']['val_accuracy']:.4f}" if record["metrics"].get("val_accuracy") is not None else "")
-              + (f", unstable: training loss up {rise:.1f}-fold (ranked below stable trials)"
-                 if rise is not None and rise > results.UNSTABLE_RISE else ""))
+              + (f", unstable: training loss up {rise:.1f}-fold (ranked below stable trials)" if results.climbed(rise) else ""))
     # Wait for trials other live workers are still running: the best setting is only known then.
     while any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
         recover_dead_trials(study, records_by_id(cfg), lock)

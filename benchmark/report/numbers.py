@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from benchmark.results import UNSTABLE_RISE, loss_rise
+from benchmark.results import climbed, loss_rise
 
 BASELINE = "bp"
 TARGET_FRACTION = 0.97
@@ -127,7 +127,8 @@ METRICS = [  # key, label, unit, scale
 @dataclass(frozen=True)
 class Convergence:
     """Whether a cell's validation accuracy had stopped rising when its budget ran out, and whether
-    its training was stable (`unstable`: the runs whose training loss rose, and stayed, more than 10 % above its first epoch's).
+    its training was stable (`unstable`: the runs whose training loss rose, and stayed, more than
+    UNSTABLE_RISE times its first epoch's: results.loss_rise).
 
     The rule: for each completed run, fit a line (least squares) to its validation accuracy over
     the final third of its epochs (at least the last 2) and take the rise that line makes across
@@ -140,7 +141,7 @@ class Convergence:
     rise_pp: float  # mean fitted rise over the window, percentage points
     window: int  # epochs in the window (the longest over the seeds)
     noise_pp: float  # what the rise had to exceed
-    unstable: tuple = ()  # (seed, rise) for each run whose loss rose and stayed over 10 % above its first epoch's (see loss_rise)
+    unstable: tuple = ()  # (seed, rise) for each run whose training loss climbed (results.climbed)
 
     @property
     def settled(self) -> bool:
@@ -186,7 +187,7 @@ def val_curve(run: dict) -> list[float]:
 def convergence(runs: list[dict]) -> Convergence:
     """The cell's Convergence from its completed runs' validation curves and training losses (see the class)."""
     convergence = curve_convergence(runs)
-    unstable = tuple((r["seed"], rise) for r in runs if (rise := loss_rise(r)) is not None and rise > UNSTABLE_RISE)
+    unstable = tuple((r["seed"], rise) for r in runs if climbed(rise := loss_rise(r)))
     return replace(convergence, unstable=unstable) if unstable else convergence
 
 

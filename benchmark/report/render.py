@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.report.numbers import reproduction_display
+from benchmark.results import UNSTABLE_RISE
 
 def method_notes(methods_seen: list[str]) -> list[dict]:
     """Each method's docstring (its algorithm and its differences from the paper)."""
@@ -57,9 +58,8 @@ HOW_TO_READ = [
     "equality: with 3 seeds only differences of a few tenths of a point can show.",
     "\"Budget too small to tell\" means a validation curve was still rising when the epochs ran out: no claim is "
     "made either way; raise train.epochs (or tuning.max_epochs) to find out. \"Unstable\" means a run's training "
-    "loss later rose more than 10 % above its first epoch's mean and stayed there (two of three consecutive "
-    "epochs): no claim is "
-    "made either way.",
+    f"loss later rose more than {UNSTABLE_RISE - 1:.0%} above its first epoch's mean and stayed there (in two of "
+    "three consecutive epochs): no claim is made either way.",
     "Cost ratios divide a method's mean by BP's on the same machine: 0.5x is half of BP's cost. Energy marked † "
     "is an estimate (CodeCarbon), not a measurement; the Sources table names where every figure came from.",
 ]
@@ -122,9 +122,8 @@ def render_html(ctx: dict) -> str:
     limited = [r for r in ctx["rows"] if r.convergence.rising]
     unstable = [r for r in ctx["rows"] if r.convergence.unstable]
     if unstable:
-        parts.append("<p class='note'>Unstable training (the training loss more than 10 % above the first epoch's mean in two of three "
-                     "consecutive epochs, "
-                     "however good the accuracy): " + e("; ".join(
+        parts.append(f"<p class='note'>Unstable training (the training loss more than {UNSTABLE_RISE - 1:.0%} above the "
+                     "first epoch's mean in two of three consecutive epochs, however good the accuracy): " + e("; ".join(
                          f"{r.method} on {r.dataset}/{r.arch} ({r.convergence.unstable_seeds()})" for r in unstable))
                      + ". No comparison below claims better or worse for these cells; a lower learning rate is the "
                      "usual cure.</p>")
