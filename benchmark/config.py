@@ -208,7 +208,7 @@ def resolve_native_arch(cfg: DictConfig) -> None:
         raise UserError(f"method '{cfg.method.name}' declares no native_arch",
                         f"give arch=<name> or add native_arch to configs/method/{cfg.method.name}.yaml")
     with open_dict(cfg):
-        cfg.arch = compose([f"arch={name}"]).arch
+        cfg.arch = compose([f"+arch={name}"], config_name=None).arch  # the arch group alone, not a second full config
 
 
 def check_speed_options(train: TrainConfig, method_cls, device: torch.device) -> None:
@@ -240,8 +240,9 @@ def check_writable(folder: Path) -> None:
 # Expanding a command line into the jobs it launches, with Hydra's own parser.
 
 
-def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
-    """The config `python -m benchmark <overrides>` composes (Hydra's compose API), unchecked."""
+def compose(overrides: list[str], with_hydra: bool = False, config_name: str | None = "config") -> DictConfig:
+    """The config `python -m benchmark <overrides>` composes (Hydra's compose API), unchecked.
+    config_name=None composes only the groups the overrides name (`+arch=mlp`: one YAML group)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -250,9 +251,9 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
 
     try:
         if GlobalHydra.instance().is_initialized():  # inside the Hydra app: its config dir is ours
-            return hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
+            return hydra_compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
+            return hydra_compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
     except HydraException as err:
         raise _one_line(err) from None
     except Exception as err:  # OmegaConf errors (a bad interpolation, a wrong type in a merge)
@@ -277,7 +278,14 @@ def expand(argv: list[str]) -> list[list[str]]:
 
 
 def expand_grid(argv: list[str]) -> tuple[list[list[str]], bool]:
-    """`expand`, and whether `argv` is a multirun (one that Hydra's launcher runs).
+    """`expand`, and whether `argv` is a multirun (one that Hydra's launcher runs)."""
+    grid, multirun, _ = _expand(argv)
+    return grid, multirun
+
+
+def _expand(argv: list[str]) -> tuple[list[list[str]], bool, DictConfig | None]:
+    """`expand_grid`, and, when nothing sweeps, the one job's config as composed here (with
+    Hydra's own node; None for a sweep, whose jobs are composed one by one).
     Sweeps (the command line's and an experiment's `hydra.sweeper.params`) are read with Hydra's
     own override parser, so `a,b`, `range(...)` and `glob(*)` mean what they mean to Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -308,7 +316,9 @@ def expand_grid(argv: list[str]) -> tuple[list[list[str]], bool]:
                 sweeps.append(experiment_sweep)
         for o in sweeps:
             axes.append([f"{o.get_key_element()}={v}" for v in sweep_values(o)])
-    return ([base + list(combo) for combo in itertools.product(*axes)] if axes else [base]), multirun
+    if axes:
+        return [base + list(combo) for combo in itertools.product(*axes)], multirun, None
+    return [base], multirun, full
 
 
 def sweep_values(override) -> list[str]:
@@ -331,8 +341,18 @@ def preflight(argv: list[str]) -> list[Job]:
 
 def plan(argv: list[str]) -> tuple[list[Job], bool]:
     """`preflight`, and whether `argv` is a multirun (else its one job runs without Hydra's app)."""
-    grid, multirun = expand_grid(argv)
-    jobs = [dataclasses.replace(check(compose(overrides)), overrides=tuple(overrides)) for overrides in grid]
+    grid, multirun, full = _expand(argv)
+    if full is not None:
+        # Nothing sweeps: the config `_expand` composed is the job's, less Hydra's own node, so a
+        # single run composes once (issue 18: start-up).
+        from omegaconf import open_dict
+
+        with open_dict(full):
+            del full["hydra"]
+        configs = [full]
+    else:
+        configs = [compose(overrides) for overrides in grid]
+    jobs = [dataclasses.replace(check(cfg), overrides=tuple(overrides)) for cfg, overrides in zip(configs, grid)]
     if not any(job.supported for job in jobs):
         raise UserError("no job of this grid can run: every method x arch pair is unsupported", "fix the grid's arch list")
     return jobs, multirun

@@ -49,3 +49,35 @@ def test_single_run_imports_only_what_it_uses(tmp_path):
     # a single run runs its checked job directly: no Hydra output folder is made
     assert not (tmp_path / "single" / "hydra").exists()
     assert (tmp_path / "single" / "runs.jsonl").exists()
+
+
+def _count_full_composes(monkeypatch, argv) -> tuple[int, list]:
+    """How many whole configs (the root `config`, every group) `config.plan(argv)` composes."""
+    import hydra
+
+    from benchmark import config
+
+    calls = []
+    real = hydra.compose
+
+    def counting(config_name=None, overrides=(), **kwargs):
+        calls.append(config_name)
+        return real(config_name, overrides=overrides, **kwargs)
+
+    monkeypatch.setattr(hydra, "compose", counting)
+    jobs, _ = config.plan(argv)
+    return calls.count("config"), jobs
+
+
+def test_single_run_composes_its_config_once(monkeypatch, tmp_path):
+    # The method's own arch (arch=native) is put in place by composing the arch group alone.
+    full, jobs = _count_full_composes(monkeypatch, ["method=ff", "dataset=digits", f"results_dir={tmp_path}"])
+    assert full == 1
+    assert jobs[0].cfg.arch.kind == "mlp" and "hydra" not in jobs[0].cfg
+
+
+def test_a_grid_composes_each_job_once_beside_its_own(monkeypatch, tmp_path):
+    argv = ["-m", "method=bp", "arch=mlp,cnn", "dataset=digits", f"results_dir={tmp_path}"]
+    full, jobs = _count_full_composes(monkeypatch, argv)
+    assert [job.cfg.arch.name for job in jobs] == ["mlp", "cnn"]
+    assert full == 1 + len(jobs)
