@@ -56,8 +56,8 @@ mutate: venv data ## one-line defects into a copy, the suite against each: which
 
 REPRO_DIR   ?= docs/reproduction
 
-repro: venv data ## a paper at its own settings: EXPERIMENT=repro_<paper>; records + report in $(REPRO_DIR)/ (committed)
-	BPFREE_DATA=$(DATA) $(PY) -m benchmark experiment=$(EXPERIMENT) results_dir=$(REPRO_DIR)
+repro: venv data ## a paper at its own settings: EXPERIMENT=repro_<paper> [ARGS=overrides]; records + report in $(REPRO_DIR)/ (committed)
+	BPFREE_DATA=$(DATA) $(PY) -m benchmark experiment=$(EXPERIMENT) results_dir=$(REPRO_DIR) $(ARGS)
 	$(MAKE) repro-report
 
 repro-report: venv ## regenerate the published reproduction report from the committed records in $(REPRO_DIR)/

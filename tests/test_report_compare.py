@@ -117,6 +117,32 @@ def test_reproduction_reads_ours_the_papers_way_and_compares_like_with_like():
     assert "not published" not in kept["verdict"]
 
 
+def test_runs_on_a_stand_in_dataset_are_shown_beside_the_figure_never_judged():
+    """CIFAR-10 is only to be had here as a JPEG copy: runs on it sit beside the paper's CIFAR-10
+    figure on a row that names the stand-in, with the difference but no verdict, while runs on the
+    paper's own data are judged as usual."""
+    def on(dataset, records):
+        return [{**r, "dataset": dataset, "cell": f"{r['method']}__mlp__{dataset}"} for r in records]
+
+    jpeg = on("cifar10_jpeg", cell(CPU, "repro", 10.0, 10.0, mf_accs=(0.60, 0.61, 0.62)))
+    canonical = on("cifar10", cell(CPU, "repro", 10.0, 10.0, mf_accs=(0.62, 0.625, 0.63)))
+    figure = {"method": "mf", "arch": "mlp", "dataset": "cifar10", "test_accuracy": 0.6234, "tolerance": 0.01,
+              "source": "x", "protocol": "final_epoch", "stand_in": "cifar10_jpeg"}
+    [stand_in] = numbers.reproduction(numbers.summarise([r for r in jpeg if r["method"] == "mf"]), [figure])
+    assert stand_in["verdict"].startswith("no verdict: ours on cifar10_jpeg, a stand-in for the paper's cifar10 (")
+    assert "within tolerance" not in stand_in["verdict"] and "below" not in stand_in["verdict"]
+    assert stand_in["ours"] == pytest.approx(0.61)
+    table = numbers.reproduction_markdown([stand_in])
+    assert "| mf | cifar10_jpeg (stand-in for cifar10) | mlp |" in table
+    both = numbers.reproduction(numbers.summarise([r for r in jpeg + canonical if r["method"] == "mf"]), [figure])
+    verdicts = {v["ran_on"]: v["verdict"] for v in both}
+    assert verdicts["cifar10"].startswith("within tolerance")
+    assert verdicts["cifar10_jpeg"].startswith("no verdict")
+    # Without `stand_in`, a figure never takes runs on other data: it stays "not run".
+    [alone] = numbers.reproduction(numbers.summarise(jpeg), [{**figure, "stand_in": None}])
+    assert alone["verdict"] == "not run"
+
+
 def test_depth_scaling_table_one_line_per_method_and_depth():
     runs = [run(m, 0, 0.97, 10.0 * d, CPU, "depth_scaling", depth=d) for m in ("bp", "ff") for d in (2, 4, 8)]
     table = numbers.depth_table(numbers.summarise(runs))

@@ -446,12 +446,16 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
     compares like with like: the paper's protocol where we have it, else the harness's figure.
     "within tolerance" when ours is at most `tolerance` below (and it says so when ours is more than
     `tolerance` above); "below by x pp" otherwise (with the figure's `why_below`, where known), unless
-    the runs were still rising at their budget (then the budget was too small to tell)."""
+    the runs were still rising at their budget (then the budget was too small to tell).
+    A figure's `stand_in` names a dataset that takes the place of the paper's where that cannot be
+    had (offline here: `cifar10_jpeg` for CIFAR-10). Runs on it are shown beside the figure, on a
+    row of their own that says so, and get no verdict: their data is not the paper's."""
     out = []
     for ref in references:
         theirs, tol = ref["test_accuracy"], ref.get("tolerance", 0.01)
         protocol = ref.get("protocol", "best_val")
-        matches = [r for r in rows if (r.dataset, r.arch, r.method) == (ref["dataset"], ref["arch"], ref["method"])]
+        datasets = {ref["dataset"], ref.get("stand_in")} - {None}
+        matches = [r for r in rows if r.dataset in datasets and (r.arch, r.method) == (ref["arch"], ref["method"])]
         if ref.get("hp"):  # a paper's variant (e.g. its SGD run): only the runs with those settings
             matches = summarise([run for row in matches for run in row.runs if hp_matches(run, ref["hp"])])
             ref = {**ref, "hp": ", ".join(f"{key}={value}" for key, value in ref["hp"].items())}  # as the CSV shows it
@@ -463,7 +467,9 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
             as_paper = protocol_accuracy(ours.runs, protocol)
             compared = as_paper if as_paper is not None else ours.acc
             diff = compared - theirs
-            if diff > tol:  # reproduced, but far enough above to say so: the paper's run may have been weaker
+            if ours.dataset != ref["dataset"]:  # a stand-in's data: the difference is shown, never judged
+                verdict = f"no verdict: ours on {ours.dataset}, a stand-in for the paper's {ref['dataset']} ({diff * 100:+.2f} pp)"
+            elif diff > tol:  # reproduced, but far enough above to say so: the paper's run may have been weaker
                 verdict = f"within tolerance ({diff * 100:+.2f} pp; tolerance {tol * 100:.2f} pp; above the paper by more than that)"
             elif diff >= -tol:
                 verdict = f"within tolerance ({diff * 100:+.2f} pp; tolerance {tol * 100:.2f} pp)"
@@ -474,7 +480,8 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
             if ours.convergence.unstable:  # whatever the figure, the reader is told the training was not sound
                 verdict += "; " + ours.convergence.phrase()
             epochs = sorted({r["metrics"].get("epochs_run") for r in ours.runs} - {None})
-            out.append({**ref, "protocol": protocol, "ours": ours.acc, "ours_ci": ours.ci, "ours_protocol": as_paper,
+            out.append({**ref, "ran_on": ours.dataset, "protocol": protocol, "ours": ours.acc, "ours_ci": ours.ci,
+                        "ours_protocol": as_paper,
                         "n": ours.n, "seeds": " ".join(map(str, sorted(ours.seeds))),
                         "epochs": "/".join(map(str, epochs)), "machine": ours.machine,
                         "experiment": ours.experiment, "diff_pp": diff * 100, "verdict": verdict})
@@ -574,6 +581,12 @@ def costs_display(costs: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def dataset_shown(verdict: dict) -> str:
+    """The paper's dataset, or the stand-in ours ran on, named as one (`reproduction`)."""
+    ran_on = verdict.get("ran_on")
+    return verdict["dataset"] if ran_on in (None, verdict["dataset"]) else f"{ran_on} (stand-in for {verdict['dataset']})"
+
+
 def reproduction_display(verdicts: list[dict]) -> pd.DataFrame:
     """The reproduction table as printed: accuracies in percent to 0.01 pp, each with how it was read."""
     def pct(value, ci=None):
@@ -582,7 +595,7 @@ def reproduction_display(verdicts: list[dict]) -> pd.DataFrame:
         return fmt(value * 100) + (f" ± {fmt(ci * 100)}" if ci is not None and not math.isnan(ci) else "")
 
     return pd.DataFrame([{
-        "dataset": v["dataset"], "arch": v["arch"], "method": v["method"],
+        "dataset": dataset_shown(v), "arch": v["arch"], "method": v["method"],
         "published (%)": fmt(v["test_accuracy"] * 100), "source": v.get("source", ""),
         "how the paper read it": v["protocol"].replace("_", " "),
         "ours, harness (%, best val epoch, mean ± 95% CI)": pct(v["ours"], v.get("ours_ci")),
@@ -612,7 +625,7 @@ def reproduction_markdown(verdicts: list[dict]) -> str:
             ours = pct(v["ours"], v.get("ours_ci"))
             paper_way = "(same)" if v["protocol"] == "best_val" else f"{pct(v.get('ours_protocol'))} ({how})"
             runs = f"{v.get('seeds', '')}; {v.get('epochs') or '–'}; {v.get('machine') or '–'}"
-        lines.append(" | ".join([f"| {v['method']}", v["dataset"], v["arch"],
+        lines.append(" | ".join([f"| {v['method']}", dataset_shown(v), v["arch"],
                                  f"{v['test_accuracy'] * 100:.2f} % ({v.get('source', '')}; {how})",
                                  ours, paper_way, runs, f"{v['verdict']} |"]))
     return "\n".join(lines) + "\n"
