@@ -17,9 +17,11 @@ on the device. A graph method's `train_step` receives a batch of training-node i
 message passing over the whole graph (the runner makes a graph's batch the whole training set
 unless train.batch_size says otherwise: one full-graph step per epoch, as the papers do).
 
-Augmentation (`augment`, per dataset YAML): "crop_flip" is the CIFAR recipe of the papers this
-benchmark compares with (random 4-pixel-padded crop + horizontal flip), applied to each training
-batch on the device, batched and seeded (`crop_flip`); "none" for MNIST-like data.
+Augmentation (`augment`, per dataset YAML): "crop_flip" is the usual CIFAR recipe (random crop of
+the image padded by 4 black pixels, torchvision's RandomCrop(32, padding=4), + horizontal flip);
+"crop_flip_reflect" pads by reflecting the image's border instead (the comparison's, Spyra 2025:
+padding_mode="reflect"); both applied to each training batch on the device, batched and seeded
+(`crop_flip`); "none" for MNIST-like data.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ class Splits:
     test_y: torch.Tensor
     num_classes: int
     info: dict = field(default_factory=dict)
-    augment: str = "none"  # none | crop_flip, applied to training batches only
+    augment: str = "none"  # none | crop_flip | crop_flip_reflect, applied to training batches only
     pad_value: torch.Tensor | None = None  # (1, C, 1, 1): a black pixel after normalisation
     graph: "Graph | None" = None  # graph datasets: the x tensors are node indices into this graph
 
@@ -358,14 +360,19 @@ def index_digest(idx: np.ndarray) -> str:
     return hashlib.sha256(np.sort(idx).astype(np.int64).tobytes()).hexdigest()[:16]
 
 
-def crop_flip(x: torch.Tensor, generator: torch.Generator, pad_value: torch.Tensor, padding: int = 4) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, generator: torch.Generator, pad_value: torch.Tensor, padding: int = 4,
+              reflect: bool = False) -> torch.Tensor:
     """The `crop_flip` augmentation of a training batch, on x's device, from `generator`: each image
-    padded by `padding` black pixels on every side, cropped back to its size at a random offset,
-    then flipped left-right with probability 1/2 (torchvision's RandomCrop(32, padding=4) +
-    RandomHorizontalFlip, done for the whole batch at once with index arithmetic)."""
+    padded by `padding` black pixels on every side (reflect: by its own border, mirrored), cropped
+    back to its size at a random offset, then flipped left-right with probability 1/2
+    (torchvision's RandomCrop(32, padding=4[, padding_mode="reflect"]) + RandomHorizontalFlip, done
+    for the whole batch at once with index arithmetic)."""
     n, c, h, w = x.shape
-    padded = pad_value.expand(n, c, h + 2 * padding, w + 2 * padding).clone()
-    padded[:, :, padding : padding + h, padding : padding + w] = x
+    if reflect:
+        padded = torch.nn.functional.pad(x, (padding,) * 4, mode="reflect")
+    else:
+        padded = pad_value.expand(n, c, h + 2 * padding, w + 2 * padding).clone()
+        padded[:, :, padding : padding + h, padding : padding + w] = x
     dy = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=generator)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)

@@ -257,8 +257,8 @@ def train(
                     loss_sum = torch.zeros((), device=data.train_x.device)
                     for step, idx in enumerate(batches(n, cfg.batch_size, order, data.train_x.device)):
                         x, y = data.train_x[idx], data.train_y[idx]
-                        if data.augment == "crop_flip":
-                            x = crop_flip(x, augment_rng, data.pad_value)
+                        if data.augment != "none":  # crop_flip or crop_flip_reflect (settings checks the name)
+                            x = crop_flip(x, augment_rng, data.pad_value, reflect=data.augment == "crop_flip_reflect")
                         with autocast():
                             run_step = lambda: meters.train_step(lambda: method.train_step(x, y, idx), len(idx), method.modules.parameters())  # noqa: E731
                             if alignment is not None and alignment.wants(p.step_no):

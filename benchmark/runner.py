@@ -63,14 +63,20 @@ def cell_name(cfg) -> str:
 # record holds the size the method chose for that dataset, which the same config chooses again.
 SAME_RUN_TRAIN_KEYS = {"epochs": None, "patience": None, "min_delta": 0.0, "restore_best": True,
                        "stop_on": "val_accuracy"}
+# And what the data is: the held-out size and split, a graph's released split, the augmentation and
+# the resize (`make repro ARGS=dataset.resize=32`, a crop by reflection, `dataset.split=3` each
+# make other data of the same dataset name).
+SAME_RUN_DATASET_KEYS = {"val_size": None, "split_seed": 0, "split": None, "augment": "none", "resize": None}
 
 
 def _same_run_key(train: dict, dataset: dict, batch_size: int | None) -> tuple:
-    return (*(train.get(k, default) for k, default in SAME_RUN_TRAIN_KEYS.items()), dataset.get("val_size"), batch_size)
+    return (*(train.get(k, default) for k, default in SAME_RUN_TRAIN_KEYS.items()),
+            *(dataset.get(k, default) for k, default in SAME_RUN_DATASET_KEYS.items()), batch_size)
 
 
 def _identity(job: Job, seed: int, hp) -> tuple:
-    """What a run of `job` is: cell, seed, hyperparameters, arch, budget, stopping rule, held-out size."""
+    """What a run of `job` is: cell, seed, hyperparameters, arch, budget, stopping rule, data (split,
+    augmentation, resize)."""
     cfg = job.cfg
     return (cell_name(cfg), seed, dict(vars(hp)), to_dict(cfg.arch),
             _same_run_key(dict(vars(job.train)), to_dict(cfg.dataset), job.train.batch_size))
@@ -91,7 +97,8 @@ def recorded_hp(recorded: dict | None, hp) -> dict | None:
 
 def finished_earlier(job: Job) -> dict | None:
     """A completed single run of this job already in its experiment's runs.jsonl: the same cell,
-    seed, hyperparameters, arch, budget, stopping rule and held-out size. Experiments that set
+    seed, hyperparameters, arch, budget, stopping rule and data (held-out size and split, graph
+    split, augmentation, resize). Experiments that set
     `resume: true` (the reproductions, depth_scaling) skip it, so a batch of runs cut short
     resumes where it stopped."""
     cfg = job.cfg

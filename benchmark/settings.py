@@ -20,7 +20,7 @@ class DatasetSettings:
     val_size: int | None = field(default=None, metadata={"ge": 1})  # images: held out of the training set
     split_seed: int = field(default=0, metadata={"ge": 0})
     split: int | None = field(default=None, metadata={"ge": 0})  # graphs: which released node split
-    augment: str = field(default="none", metadata={"choices": ("none", "crop_flip")})
+    augment: str = field(default="none", metadata={"choices": ("none", "crop_flip", "crop_flip_reflect")})
     resize: int | None = field(default=None, metadata={"ge": 1})  # images: resized to resize x resize once, at load
     target_accuracy: float | None = field(default=None, metadata={"gt": 0, "le": 1})
 

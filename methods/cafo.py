@@ -33,8 +33,8 @@ comparison's code gives the last block the head's backpropagated error (its DFA 
 gradients of the blocks before it only) and unit-norm feedback rows; here every block, the last
 included, gets its own random projection of the error, as DFA defines it (Adam makes the
 feedback's scale immaterial). Its CIFAR figures used random crop + horizontal flip,
-which the cifar dataset configs now apply too (`augment: crop_flip`; its crop pads by reflection,
-ours with the dataset's pad value). With augmented batches the predictors train on each batch's
+which the cifar dataset configs now apply too (`augment: crop_flip`, black padding; its crop pads
+by reflection, `augment: crop_flip_reflect`, which its paper files set). With augmented batches the predictors train on each batch's
 own crops, run through the frozen blocks, as the comparison's code does: no training-set cache.
 """
 from __future__ import annotations

@@ -105,7 +105,7 @@ DEFECTS = [
            "        train_y=labels((raw.train_labels[train_idx] + 1) % raw.num_classes),",
            "training labels off by one"),
     Defect("augment_test_images", "data/augmentation", "benchmark/loop.py",
-           'if data.augment == "crop_flip":', 'if True:',
+           'if data.augment != "none":', 'if True:',
            "MNIST-like data augmented although its config says none"),
     # -- meters: energy, time, memory, FLOPs
     Defect("energy_doubled", "meters/energy", "benchmark/meters.py",

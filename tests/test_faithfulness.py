@@ -195,6 +195,26 @@ def test_crop_flip_is_a_shifted_and_maybe_mirrored_copy_seeded():
     assert shifted > 16 and 4 < flipped < 28
 
 
+def test_crop_flip_reflect_pads_with_the_mirrored_border():
+    """The comparison's CIFAR crop (padding_mode="reflect"): every output is a crop of the image
+    padded by its own mirrored border, never of a black frame."""
+    import torch.nn.functional as F
+
+    from benchmark.data import crop_flip
+
+    x = torch.randn(32, 3, 8, 8)
+    out = crop_flip(x, torch.Generator().manual_seed(1), torch.full((1, 3, 1, 1), -5.0), reflect=True)
+    assert not (out == -5.0).any()
+    mirrored = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    assert torch.equal(mirrored[:, :, 4:12, 4:12], x) and torch.equal(mirrored[:, :, 3, 4:12], x[:, :, 1])
+    shifted = 0
+    for i in range(32):
+        crops = [mirrored[i, :, dy : dy + 8, dx : dx + 8] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(2)) for c in crops)
+        shifted += not torch.equal(out[i], x[i]) and not torch.equal(out[i], x[i].flip(2))
+    assert shifted > 16
+
+
 def test_augmentation_is_on_for_cifar_and_off_for_mnist_like_data():
     for name, kind in (("cifar10", "crop_flip"), ("cifar100", "crop_flip"), ("cifar10_jpeg", "crop_flip"),
                        ("mnist", "none"), ("fashion_mnist", "none"), ("digits", "none")):
@@ -216,7 +236,7 @@ def test_the_loop_trains_on_augmented_batches_only_when_asked(job_factory):
 
     cfg = runner.train_settings(job, data)
     cfg = type(cfg)(**{**vars(cfg), "epochs": 1, "patience": 0})
-    for kind in ("none", "crop_flip"):
+    for kind in ("none", "crop_flip", "crop_flip_reflect"):
         seen.clear()
         method = Spy(dict(job.cfg.arch), data.input_shape, data.num_classes, job.hp, job.device)
         import dataclasses

@@ -152,6 +152,24 @@ def test_a_batch_cut_short_resumes_without_rerunning_finished_runs(tmp_path):
     assert len(results.read_records(tmp_path / "r" / "runs.jsonl")) == 5
 
 
+def test_other_data_of_the_same_dataset_is_another_run(tmp_path):
+    """A resumed batch keeps a finished run only for the same data: another held-out split, an
+    augmentation (a crop padded by reflection instead of black) or a resize is a run of its own."""
+    from tests.conftest import run_cli
+
+    base = ["method=bp", "arch=mlp", "arch.widths=[32]", "dataset=digits", "train.epochs=1", "measure.emissions=false",
+            f"results_dir={tmp_path}", "experiment_name=r"]
+    done = run_cli(*base)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [same] = config.preflight(base)
+    assert runner.finished_earlier(same) is not None
+    for change in ("dataset.split_seed=1", "dataset.augment=crop_flip", "dataset.resize=16"):
+        [job] = config.preflight([*base, change])
+        assert runner.finished_earlier(job) is None, change
+    [reflect] = config.preflight([*base, "dataset.augment=crop_flip_reflect"])
+    assert runner.checkpointer(reflect, 0, reflect.hp).path != runner.checkpointer(same, 0, same.hp).path
+
+
 @pytest.mark.parametrize("experiment", REPROS)
 def test_every_committed_record_is_a_run_its_experiment_would_keep(experiment):
     """`make repro` resumes from the committed records: each completed run in docs/reproduction is
