@@ -107,6 +107,13 @@ DEFECTS = [
     Defect("augment_test_images", "data/augmentation", "benchmark/loop.py",
            'if data.augment != "none":', 'if True:',
            "MNIST-like data augmented although its config says none"),
+    Defect("crop_reflect_ignored", "data/augmentation", "benchmark/data.py",
+           "    if reflect:", "    if False:",
+           "the comparison's reflection-padded crop pads with black"),
+    Defect("resume_ignores_data", "runs/resume", "benchmark/runner.py",
+           "*(dataset.get(k, default) for k, default in SAME_RUN_DATASET_KEYS.items()), batch_size)",
+           "dataset.get(\"val_size\"), batch_size)",
+           "a run on other data (augmentation, split, resize) is kept as if finished"),
     # -- meters: energy, time, memory, FLOPs
     Defect("energy_doubled", "meters/energy", "benchmark/meters.py",
            "self.joules[name] += de", "self.joules[name] += 2 * de",
