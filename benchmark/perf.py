@@ -81,7 +81,11 @@ def mnist_or_synthetic(n_train: int | None) -> tuple[Splits, str]:
 
 
 def on_device(data: Splits, device: torch.device) -> Splits:
+    """`data` with every tensor on `device`, a graph's features and edges included (a graph left on
+    the CPU crashed the graph methods' rows on CUDA: their label blocks index the features)."""
     moved = {k: v.to(device) for k, v in vars(data).items() if isinstance(v, torch.Tensor)}
+    if data.graph is not None:
+        moved["graph"] = archs.Graph(data.graph.features.to(device), data.graph.edge_index.to(device))
     return Splits(**{**vars(data), **moved})
 
 
@@ -396,6 +400,26 @@ def method_throughput(n_train: int, epochs: int = 1) -> None:
         emit("methods", f"{label}: achieved FLOP/s", flops / seconds / 1e9, "GFLOP/s", note)
         emit("methods", f"{label}: fraction of matmul peak", flops / seconds / peak, "", note)
         emit("methods", f"{label}: peak memory", (memory["value"] or 0) / 2**20, "MiB", memory["source"])
+        emit("methods", f"{label}: ATen ops per training step", ops_per_step(method, data), "ops",
+             "one step of the last phase, batch 128: on CUDA each op is at least one kernel launch")
+
+
+def ops_per_step(method, data: Splits, batch_size: int = 128) -> int:
+    """ATen operators one `train_step` dispatches (forward, backward, optimiser): at small batches
+    a GPU step is bound by launching them, so this, not FLOPs, is what a launch-bound step costs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountOps(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            CountOps.count += 1
+            return func(*args, **(kwargs or {}))
+
+    idx = torch.arange(min(batch_size, len(data.train_y)), device=data.train_y.device)
+    with CountOps():
+        method.train_step(data.train_x[idx], data.train_y[idx], idx)
+    return CountOps.count
 
 
 def ours_epoch(name: str, arch: str, data: Splits, epochs: int, overrides=()) -> tuple[float, float]:
