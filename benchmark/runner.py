@@ -63,9 +63,9 @@ def cell_name(cfg) -> str:
 # record holds the size the method chose for that dataset, which the same config chooses again.
 SAME_RUN_TRAIN_KEYS = {"epochs": None, "patience": None, "min_delta": 0.0, "restore_best": True,
                        "stop_on": "val_accuracy"}
-# And what the data is: the held-out size and split, a graph's released split, the augmentation and
-# the resize (`make repro ARGS=dataset.resize=32`, a crop by reflection, `dataset.split=3` each
-# make other data of the same dataset name).
+# And which data: the held-out size and its split seed, a graph's released split, the augmentation
+# and the resize. Each of `dataset.resize=32`, `dataset.augment=crop_flip_reflect` or
+# `dataset.split=3` gives other data under the same dataset name, so a run made with it is another run.
 SAME_RUN_DATASET_KEYS = {"val_size": None, "split_seed": 0, "split": None, "augment": "none", "resize": None}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 
 import pytest
 from omegaconf import OmegaConf
@@ -188,7 +187,7 @@ def test_every_committed_record_is_a_run_its_experiment_would_keep(experiment, t
     stand_ins = {f["stand_in"] for f in published_figures() if f.get("stand_in")}
     launches = [[]]
     for name in sorted({r["dataset"] for r in records} & stand_ins):
-        root = data_mod.resolve_root(os.environ.get("BPFREE_DATA", "data"))
+        root = data_mod.resolve_root(config.compose([f"experiment={experiment}"]).data.root)  # as the run read it
         if not (root / data_mod.EXPECTED_PATHS[name]).exists():
             root = tmp_path
             (root / data_mod.EXPECTED_PATHS[name]).mkdir(parents=True)
