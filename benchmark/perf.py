@@ -20,7 +20,8 @@ over several repeats; the table reports medians. Sections:
   Normalize, shuffling DataLoader) for the same model and data. Goal: >= 2x faster.
 - methods: per registered method on its native architecture, training samples/s, achieved FLOP/s
   (FlopCounterMode count / time) and that as a fraction of this machine's fp32 matmul peak
-  (measured here with a large GEMM).
+  (measured here with a large GEMM), and the ATen operators one training step dispatches (what a
+  launch-bound GPU step pays for).
 - reference: time per epoch of our FF and CaFo vs a minimal re-implementation, in this script, of
   the public references' training steps (FF: loeweX/Forward-Forward's per-sample dataset of
   positive/negative/neutral images and one optimizer over all layers; CaFo: frozen blocks forwarded
@@ -401,12 +402,13 @@ def method_throughput(n_train: int, epochs: int = 1) -> None:
         emit("methods", f"{label}: fraction of matmul peak", flops / seconds / peak, "", note)
         emit("methods", f"{label}: peak memory", (memory["value"] or 0) / 2**20, "MiB", memory["source"])
         emit("methods", f"{label}: ATen ops per training step", ops_per_step(method, data), "ops",
-             "one step of the last phase, batch 128: on CUDA each op is at least one kernel launch")
+             "one steady step of the last phase, batch 128; on CUDA most launch a kernel (views do not)")
 
 
 def ops_per_step(method, data: Splits, batch_size: int = 128) -> int:
-    """ATen operators one `train_step` dispatches (forward, backward, optimiser): at small batches
-    a GPU step is bound by launching them, so this, not FLOPs, is what a launch-bound step costs."""
+    """ATen operators one `train_step` dispatches (forward, backward, optimiser). On CUDA most of them
+    launch a kernel (views and reshapes do not), and at small batches a GPU step is bound by those
+    launches: this, more than FLOPs, is what a launch-bound step costs. It runs one more step."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class CountOps(TorchDispatchMode):
