@@ -46,6 +46,9 @@ class Graph:
     def num_nodes(self) -> int:
         return int(self.features.shape[0])
 
+    def to(self, device) -> "Graph":
+        return Graph(self.features.to(device), self.edge_index.to(device))
+
 
 @dataclass
 class Blocks:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -82,6 +83,13 @@ class Splits:
         if self.graph is not None:
             return (self.graph.features.shape[1],)  # one node's features
         return tuple(self.train_x.shape[1:])
+
+    def to(self, device) -> "Splits":
+        """The same splits with every tensor on `device`, the graph's included (a graph left behind
+        crashed the graph methods on CUDA: their label blocks index its features)."""
+        moved = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        graph = self.graph.to(device) if self.graph is not None else None
+        return dataclasses.replace(self, **moved, graph=graph)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -557,5 +565,5 @@ def load_graph_splits(name: str, root, download: bool, split: int | None, device
         test_x=ids("test"), test_y=on_device[ids("test")],
         num_classes=int(labels.max()) + 1,
         info=info,
-        graph=Graph(features.to(device), graph.edge_index.to(device)),
+        graph=Graph(features, graph.edge_index).to(device),
     )

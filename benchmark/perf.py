@@ -81,15 +81,6 @@ def mnist_or_synthetic(n_train: int | None) -> tuple[Splits, str]:
     return data, source
 
 
-def on_device(data: Splits, device: torch.device) -> Splits:
-    """`data` with every tensor on `device`, a graph's features and edges included (a graph left on
-    the CPU crashed the graph methods' rows on CUDA: their label blocks index the features)."""
-    moved = {k: v.to(device) for k, v in vars(data).items() if isinstance(v, torch.Tensor)}
-    if data.graph is not None:
-        moved["graph"] = archs.Graph(data.graph.features.to(device), data.graph.edge_index.to(device))
-    return Splits(**{**vars(data), **moved})
-
-
 def sync() -> None:
     if DEVICE.type == "cuda":
         torch.cuda.synchronize(DEVICE)
@@ -203,7 +194,7 @@ def section_overhead(repeats: int, epochs: int) -> None:
     if epochs < 2:
         raise SystemExit("--overhead-epochs must be at least 2: the per-epoch figures are the epochs after the first")
     data, source = mnist_or_synthetic(None)
-    data = on_device(data, DEVICE)
+    data = data.to(DEVICE)
     candidates = {"on": harness_run(data, True, epochs), "off": harness_run(data, False, epochs), "bare": bare_run(data, epochs)}
     whole, per_run_epochs = interleaved(candidates, repeats, inner=True)
     steady = {k: statistics.mean(v[1:]) for k, v in per_run_epochs.items()}
@@ -228,7 +219,7 @@ def section_loop(repeats: int) -> None:
     from benchmark.meters import Meters as _Meters
 
     data, source = mnist_or_synthetic(None)
-    data = on_device(data, DEVICE)
+    data = data.to(DEVICE)
     meters = _Meters(MeasureConfig(energy="none", emissions=False, flops=False), DEVICE)
 
     def variant(name: str):
@@ -279,7 +270,7 @@ def section_energy(repeats: int) -> None:
         emit("energy", "skipped: this GPU has no NVML energy counter", math.nan, "", nvml.info["gpu_model"])
         return
     data, source = mnist_or_synthetic(None)
-    data = on_device(data, DEVICE)
+    data = data.to(DEVICE)
     train = bare_run(data, 3)
     nvml.start_sampling(also_with_counter=True)
     counter, sampled, seconds = [], [], []
@@ -376,9 +367,9 @@ def method_throughput(n_train: int, epochs: int = 1) -> None:
     where = f"{torch.get_num_threads()} threads" if DEVICE.type == "cpu" else torch.cuda.get_device_name(DEVICE)
     emit("methods", "fp32 matmul peak (large square GEMM)", peak / 1e9, "GFLOP/s", where)
     images, source = mnist_or_synthetic(n_train)
-    images = on_device(images, DEVICE)
+    images = images.to(DEVICE)
     cora = cora_or_none()
-    graph = on_device(cora, DEVICE) if cora is not None else None
+    graph = cora.to(DEVICE) if cora is not None else None
     for label, name, arch in throughput_cells({name: methods.get(name).supported_archs[0] for name in methods.names()}):
         unit = "train nodes/s" if arch in archs.GRAPH_KINDS else "samples/s"
         if arch in archs.GRAPH_KINDS:
@@ -415,13 +406,13 @@ def ops_per_step(method, data: Splits, batch_size: int = 128) -> int:
         count = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            CountOps.count += 1
+            self.count += 1
             return func(*args, **(kwargs or {}))
 
     idx = torch.arange(min(batch_size, len(data.train_y)), device=data.train_y.device)
-    with CountOps():
+    with CountOps() as counter:
         method.train_step(data.train_x[idx], data.train_y[idx], idx)
-    return CountOps.count
+    return counter.count
 
 
 def ours_epoch(name: str, arch: str, data: Splits, epochs: int, overrides=()) -> tuple[float, float]:
@@ -483,7 +474,7 @@ def options_epoch(method, data: Splits, **option):
 
 def section_options(n_train: int, repeats: int) -> None:
     full, source = mnist_or_synthetic(n_train)
-    full = on_device(full, DEVICE)
+    full = full.to(DEVICE)
     # The CNN cases train on a fifth of the images: a CPU epoch of the 3-block CNN is ~7 s per 1000.
     small = Splits(**{**vars(full), "train_x": full.train_x[: n_train // 5], "train_y": full.train_y[: n_train // 5]})
     cases = [("bp", "mlp"), ("bp", "cnn"), ("local", "cnn")]

@@ -87,11 +87,12 @@ def test_without_cora_the_graph_rows_are_skipped_not_a_crash(tmp_path):
 
 
 def test_moving_data_to_the_device_moves_a_graph_too():
-    """The methods section moves Cora to --device with `on_device`; it left the graph's features
-    and edges on the CPU, and every graph row crashed on CUDA (seen on the H200, 2026-11-28). The
-    meta device stands in for CUDA here: every tensor, the graph's included, must land on it."""
+    """The methods section moves Cora to --device with `Splits.to`; the copy it used before left the
+    graph's features and edges on the CPU, and every graph row crashed on CUDA (seen on the H200,
+    2026-11-28). The meta device stands in for CUDA here: every tensor, the graph's included, must
+    land on it."""
     data = perf.cora_or_none(graph_root())
-    moved = perf.on_device(data, torch.device("meta"))
+    moved = data.to(torch.device("meta"))
     tensors = [v for v in vars(moved).values() if isinstance(v, torch.Tensor)]
     tensors += [moved.graph.features, moved.graph.edge_index]
     assert len(tensors) == 8 and {t.device.type for t in tensors} == {"meta"}
@@ -107,7 +108,7 @@ def test_ops_per_step_counts_the_operators_a_step_dispatches():
     deep = perf.method_from_config("bp", "mlp_5x256", data, torch.device("cpu"))
     for method in (shallow, deep):
         method.start_phase(method.phases(1)[0], data.train_x, data.train_y, 1)
-    perf.ops_per_step(shallow, data), perf.ops_per_step(deep, data)  # the optimiser's first step builds its state
+        perf.ops_per_step(method, data)  # the optimiser's first step builds its state
     few, many = perf.ops_per_step(shallow, data), perf.ops_per_step(deep, data)
     assert 20 < few < many
     assert perf.ops_per_step(shallow, data) == few  # a steady step again: the same count

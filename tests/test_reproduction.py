@@ -186,8 +186,9 @@ def test_every_committed_record_is_a_run_its_experiment_would_keep(experiment, t
     # machine has not unpacked it, an empty folder of that name under tmp_path stands in.
     stand_ins = {f["stand_in"] for f in published_figures() if f.get("stand_in")}
     launches = [[]]
+    data_root = data_mod.resolve_root(config.compose([f"experiment={experiment}"]).data.root)  # as the runs read it
     for name in sorted({r["dataset"] for r in records} & stand_ins):
-        root = data_mod.resolve_root(config.compose([f"experiment={experiment}"]).data.root)  # as the run read it
+        root = data_root
         if not (root / data_mod.EXPECTED_PATHS[name]).exists():
             root = tmp_path
             (root / data_mod.EXPECTED_PATHS[name]).mkdir(parents=True)
