@@ -12,6 +12,8 @@ Rumelhart, Hinton & Williams, "Learning representations by back-propagating erro
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +21,14 @@ from benchmark import archs
 from benchmark.spec import Locality, Method, register
 from methods._optim import ScheduledHyper, lr_scheduler, make_optimizer
 
-BPHyper = ScheduledHyper  # optimizer, lr, weight decay, momentum, and the schedule (none | cosine | step)
+
+@dataclass
+class BPHyper(ScheduledHyper):
+    """The optimiser and schedule (none | cosine | step), and an optional clip of the gradient's
+    norm over all parameters before each step: off by default; Counter-Current Learning's reference
+    clips its BP baseline at 1, as its CCL (repro_ccl)."""
+
+    grad_clip: float = field(default=0.0, kw_only=True, metadata={"ge": 0})  # 0 = off
 
 
 @register
@@ -47,6 +56,8 @@ class BP(Method):
         loss = F.cross_entropy(self.logits(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.hp.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.modules.parameters(), self.hp.grad_clip)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()

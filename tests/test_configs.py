@@ -40,7 +40,10 @@ def test_every_published_figure_names_a_cell_the_harness_can_run(tmp_path):
         cfg = config.compose([f"paper={paper.stem}", "data.download=true"])
         cells.setdefault((cfg.method.name, cfg.arch.name, cfg.dataset.name), paper.stem)
     for f in figures:
-        assert 0 < f["test_accuracy"] <= 1 and 0 <= f["tolerance"] < 0.2, f
+        if f["test_accuracy"] is None:  # a figure the project cannot read: it must say why
+            assert f.get("not_held"), f
+        else:
+            assert 0 < f["test_accuracy"] <= 1 and 0 <= f["tolerance"] < 0.2, f
         if f.get("stand_in"):  # a dataset of configs/dataset/ that is not the figure's own
             assert f["stand_in"] != f["dataset"] and (config.CONFIG_DIR / "dataset" / f"{f['stand_in']}.yaml").exists(), f
         named = [f"method={f['method']}", f"arch={f['arch']}", f"dataset={f['dataset']}"]

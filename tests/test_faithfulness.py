@@ -66,6 +66,24 @@ def test_ccl_clipping(clip):
         assert norm(grads["forward"]) > 2e-3
 
 
+def _bp_grad_norm_at_step(*overrides: str) -> float:
+    bp, data = build("method=bp", "arch=mlp_5x256", "method.hp.optimizer=sgd", "method.hp.lr=1.0", *overrides)
+    seen = []
+    bp.optimizer.step = lambda *a, **k: seen.append(math.sqrt(sum(float(p.grad.pow(2).sum())
+                                                                   for p in bp.modules.parameters() if p.grad is not None)))
+    bp.train_step(data.train_x[:64], data.train_y[:64], torch.arange(64))
+    return seen[0]
+
+
+def test_bp_clips_its_gradient_norm_as_ccls_reference_baseline():
+    """CCL's reference trains its BP baseline with the same clip as CCL (norm 1 over all forward
+    parameters); repro_ccl's BP sets method.hp.grad_clip=1. Off by default."""
+    unclipped = _bp_grad_norm_at_step()
+    assert unclipped > 1e-2  # so the clip below has something to cut
+    assert _bp_grad_norm_at_step("method.hp.grad_clip=1e-3") == pytest.approx(1e-3, rel=1e-3)
+    assert _bp_grad_norm_at_step("method.hp.grad_clip=1e6") == pytest.approx(unclipped, rel=1e-6)
+
+
 # -- Forward-Forward --------------------------------------------------------------------------------
 
 def _step_flops(method, data):

@@ -117,6 +117,36 @@ def test_reproduction_reads_ours_the_papers_way_and_compares_like_with_like():
     assert "not published" not in kept["verdict"]
 
 
+def test_a_paper_that_kept_its_lowest_validation_loss_is_read_at_that_epoch():
+    """protocol best_val_loss (CCL's reference): the test accuracy of the first epoch with the
+    lowest validation loss, not of the best validation accuracy."""
+    runs = cell(CPU, "repro", 10.0, 10.0)
+    for r in runs:
+        for h, loss in zip(r["metrics"]["history"], (0.30, 0.20, 0.25, 0.20)):
+            h["val_loss"] = loss
+    rows = [row for row in numbers.summarise(runs) if row.method == "mf"]
+    figure = {"method": "mf", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.975, "tolerance": 0.005,
+              "source": "x", "protocol": "best_val_loss"}
+    [v] = numbers.reproduction(rows, [figure])
+    assert v["ours_protocol"] == pytest.approx(0.969)  # epoch 2's test accuracy (0.97 - 0.001), not epoch 3's
+    assert v["verdict"].startswith("below by 0.60 pp")
+    assert "| 96.90 % (best val loss) |" in numbers.reproduction_markdown([v])
+
+
+def test_a_figure_the_project_cannot_read_shows_ours_with_no_verdict():
+    """A paper with a figure for the cell that no copy held here shows (CCL's Table 1 is an image):
+    the row still shows ours, read both ways, says why there is no figure, and judges nothing."""
+    rows = [row for row in numbers.summarise(cell(CPU, "repro", 10.0, 10.0)) if row.method == "mf"]
+    figure = {"method": "mf", "arch": "mlp", "dataset": "mnist", "test_accuracy": None, "tolerance": 0.005,
+              "source": "x", "protocol": "final_epoch", "not_held": "its table is an image"}
+    [v] = numbers.reproduction(rows, [figure])
+    assert v["verdict"] == "no verdict: the paper's figure is not held here (its table is an image)"
+    assert v["diff_pp"] is None and v["ours"] == pytest.approx(0.975) and v["ours_protocol"] == pytest.approx(0.974)
+    line = numbers.reproduction_markdown([v]).splitlines()[-1]
+    assert line.startswith("| mf | mnist | mlp | not held (x; final epoch) | 97.50 ± ")
+    assert numbers.reproduction_display([v])["published (%)"].tolist() == ["not held"]
+
+
 def test_runs_on_a_stand_in_dataset_are_shown_beside_the_figure_never_judged():
     """CIFAR-10 is only to be had here as a JPEG copy: runs on it sit beside the paper's CIFAR-10
     figure on a row that names the stand-in, with the difference but no verdict, while runs on the

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from benchmark import config, results, runner
 from benchmark import data as data_mod
-from benchmark.report import published_figures
+from benchmark.report import numbers, published_figures
 from tests.conftest import compose
 
 REPROS = sorted(p.stem for p in (config.CONFIG_DIR / "experiment").glob("repro_*.yaml"))
@@ -37,7 +37,7 @@ def test_a_reproduction_is_composed_from_the_mode_untuned_on_distinct_seeds(expe
     for j in jobs:
         if j.cfg.method.name != "bp":
             figure = figures[(j.cfg.method.name, j.cfg.arch.name, j.cfg.dataset.name)]
-            assert figure.get("protocol") in ("final_epoch", "best_test_epoch", "best_val")
+            assert figure.get("protocol") in numbers.PROTOCOLS
 
 
 def paper_file(name: str) -> tuple[dict, dict]:

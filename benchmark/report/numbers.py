@@ -415,6 +415,7 @@ PROTOCOLS = {
     "best_val": "the epoch with the best validation accuracy, then the test set once (the harness's own)",
     "final_epoch": "the test accuracy after the last epoch, no selection",
     "best_test_epoch": "the best test accuracy over the epochs: selected on the test set",
+    "best_val_loss": "the epoch with the lowest validation loss, then the test set once",
 }
 
 
@@ -426,10 +427,14 @@ def protocol_accuracy(runs: list[dict], protocol: str) -> float | None:
         return float(np.mean(accs)) if accs and None not in accs else None
     values = []
     for r in runs:
-        tests = [h["test_accuracy"] for h in r["metrics"].get("history", []) if h.get("test_accuracy") is not None]
-        if not tests:
+        epochs = [h for h in r["metrics"].get("history", []) if h.get("test_accuracy") is not None]
+        if not epochs:
             return None
-        values.append(tests[-1] if protocol == "final_epoch" else max(tests))
+        if protocol == "best_val_loss":  # the first epoch with the lowest validation loss
+            values.append(min(epochs, key=lambda h: h.get("val_loss", math.inf))["test_accuracy"])
+        else:
+            tests = [h["test_accuracy"] for h in epochs]
+            values.append(tests[-1] if protocol == "final_epoch" else max(tests))
     return float(np.mean(values)) if values else None
 
 
@@ -449,7 +454,9 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
     the runs were still rising at their budget (then the budget was too small to tell).
     A figure's `stand_in` names a dataset that takes the place of the paper's where that cannot be
     had (offline here: `cifar10_jpeg` for CIFAR-10). Runs on it are shown beside the figure, on a
-    row of their own that says so, and get no verdict: their data is not the paper's."""
+    row of their own that says so, and get no verdict: their data is not the paper's.
+    A figure whose value is not held (`test_accuracy: null`, with `not_held` saying why) still gets
+    its row: ours read both ways at the paper's settings, and no verdict."""
     out = []
     for ref in references:
         theirs, tol = ref["test_accuracy"], ref.get("tolerance", 0.01)
@@ -466,8 +473,10 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
         for ours in matches:
             as_paper = protocol_accuracy(ours.runs, protocol)
             compared = as_paper if as_paper is not None else ours.acc
-            diff = compared - theirs
-            if ours.dataset != ref["dataset"]:  # a stand-in's data: the difference is shown, never judged
+            diff = None if theirs is None else compared - theirs
+            if diff is None:  # nothing to compare with: ours is shown for a reader who holds the paper
+                verdict = f"no verdict: the paper's figure is not held here ({ref.get('not_held', 'not read')})"
+            elif ours.dataset != ref["dataset"]:  # a stand-in's data: the difference is shown, never judged
                 verdict = f"no verdict: ours on {ours.dataset}, a stand-in for the paper's {ref['dataset']} ({diff * 100:+.2f} pp)"
             elif diff > tol:  # reproduced, but far enough above to say so: the paper's run may have been weaker
                 verdict = f"within tolerance ({diff * 100:+.2f} pp; tolerance {tol * 100:.2f} pp; above the paper by more than that)"
@@ -484,7 +493,7 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
                         "ours_protocol": as_paper,
                         "n": ours.n, "seeds": " ".join(map(str, sorted(ours.seeds))),
                         "epochs": "/".join(map(str, epochs)), "machine": ours.machine,
-                        "experiment": ours.experiment, "diff_pp": diff * 100, "verdict": verdict})
+                        "experiment": ours.experiment, "diff_pp": None if diff is None else diff * 100, "verdict": verdict})
     return out
 
 
@@ -596,7 +605,8 @@ def reproduction_display(verdicts: list[dict]) -> pd.DataFrame:
 
     return pd.DataFrame([{
         "dataset": dataset_shown(v), "arch": v["arch"], "method": v["method"],
-        "published (%)": fmt(v["test_accuracy"] * 100), "source": v.get("source", ""),
+        "published (%)": "not held" if v["test_accuracy"] is None else fmt(v["test_accuracy"] * 100),
+        "source": v.get("source", ""),
         "how the paper read it": v["protocol"].replace("_", " "),
         "ours, harness (%, best val epoch, mean ± 95% CI)": pct(v["ours"], v.get("ours_ci")),
         "ours, read the paper's way (%)": "(same)" if v["protocol"] == "best_val" and v["ours"] is not None else pct(v.get("ours_protocol")),
@@ -615,6 +625,9 @@ def reproduction_markdown(verdicts: list[dict]) -> str:
             return "–"
         return f"{value * 100:.2f}" + (f" ± {ci * 100:.2f}" if ci is not None and not math.isnan(ci) else "") + " %"
 
+    def published(value):
+        return "not held" if value is None else pct(value)
+
     lines = ["| method | dataset | arch | paper (source; how read) | ours: harness (best-val epoch), mean ± 95 % CI "
              "| ours read the paper's way | seeds; epochs; machine | verdict |", "|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
@@ -626,7 +639,7 @@ def reproduction_markdown(verdicts: list[dict]) -> str:
             paper_way = "(same)" if v["protocol"] == "best_val" else f"{pct(v.get('ours_protocol'))} ({how})"
             runs = f"{v.get('seeds', '')}; {v.get('epochs') or '–'}; {v.get('machine') or '–'}"
         lines.append(" | ".join([f"| {v['method']}", dataset_shown(v), v["arch"],
-                                 f"{v['test_accuracy'] * 100:.2f} % ({v.get('source', '')}; {how})",
+                                 f"{published(v['test_accuracy'])} ({v.get('source', '')}; {how})",
                                  ours, paper_way, runs, f"{v['verdict']} |"]))
     return "\n".join(lines) + "\n"
 
