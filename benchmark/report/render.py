@@ -167,7 +167,9 @@ def render_html(ctx: dict) -> str:
         parts.append("<h2>Reproduction of published figures</h2><p class='note'>Ours is always the harness's figure "
                      "(the best-validation epoch, then the test set once); where the runs recorded the test accuracy "
                      "after every epoch, ours is also read the paper's way, and the verdict compares like with like. "
-                     "A paper that read its figure off the best test epoch selected on the test set.</p>")
+                     "A paper that read its figure off the best test epoch selected on the test set. "
+                     "'not held': the paper has a figure for the cell that the project could not read; "
+                     "ours is shown at the paper's settings, with no verdict.</p>")
         parts.append(table_html(reproduction_display(ctx["reproduction"])))
     parts.append("<h2>Figures</h2><p class='note'>One colour per method in every figure (BP first).</p><div class='figures'>")
     parts += [figure_html(fig) for fig in ctx["figures"]]
