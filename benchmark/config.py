@@ -133,6 +133,7 @@ def check(cfg: DictConfig) -> Job:
         if not cfg.skip_unsupported:
             raise
         unsupported = f"{cfg.method.name} does not run on {arch['kind']} architectures"
+    apply_epoch_cap(cfg)
     train = check_fields("train", TrainConfig, to_dict(cfg.train), "configs/config.yaml")
     measure = check_fields("measure", MeasureConfig, to_dict(cfg.measure), "configs/config.yaml")
     diagnostics = check_fields("diagnostics", DiagnosticsConfig, to_dict(cfg.diagnostics), "configs/config.yaml")
@@ -163,6 +164,20 @@ def check(cfg: DictConfig) -> Job:
         storage.check_reachable(storage.storage_spec(cfg))
     return Job(cfg, method_cls, hp, train, measure, device, settings, dataset, search_space, tuning, not unsupported,
                batch_rule, diagnostics=diagnostics, unsupported_because=unsupported)
+
+
+def apply_epoch_cap(cfg: DictConfig) -> None:
+    """`train.epoch_cap=N`: lower `train.epochs` to N where it is larger. A paper file sets its
+    paper's epochs and wins over the experiment that sweeps it; the cap, which no paper file sets,
+    survives composition, so an experiment can cut every cell to the budget the machine holds
+    (repro_cafo_cifar10). The config, and so every record, then holds the epochs the run had."""
+    cap = cfg.train.get("epoch_cap")
+    if cap is None:
+        return
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        raise UserError(f"train.epoch_cap={cap!r} must be a positive integer or null", "give e.g. train.epoch_cap=15")
+    if isinstance(cfg.train.epochs, int) and cfg.train.epochs > cap:
+        cfg.train.epochs = cap
 
 
 def check_data_kind(dataset: DatasetSettings, arch: dict) -> None:

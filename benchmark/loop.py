@@ -74,6 +74,11 @@ class TrainConfig:
     # Save the run's whole state at an epoch's end at most every this many minutes, so the same
     # command run again goes on from there (benchmark/checkpoint.py); 0 = never. Single runs only.
     checkpoint_minutes: float = field(default=0.0, metadata={"ge": 0})
+    # At most this many epochs, whatever an experiment or paper file sets (None: no cap). For a
+    # reproduction whose paper's schedule does not fit the machine: `epochs` is lowered to it when
+    # the config is checked (config.apply_epoch_cap), so records hold the budget the run had, and
+    # the report flags rows below their paper's epochs as budget-limited.
+    epoch_cap: int | None = field(default=None, metadata={"ge": 1})
 
 
 def precision(cfg: TrainConfig, device: torch.device):

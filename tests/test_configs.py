@@ -29,17 +29,24 @@ def test_every_published_figure_names_a_cell_the_harness_can_run(tmp_path):
     """configs/published.yaml is the one place for published figures: each names an existing
     method, arch and dataset that run together, with accuracy as a fraction like every record:
     as named, or, where the cell needs more (LeNet needs MNIST resized to 32x32), through the
-    configs/paper/ file of that cell."""
+    configs/paper/ file of that cell. A figure's `epochs` (the paper's epoch budget, which flags
+    runs capped below it as budget-limited) is that file's `train.epochs`."""
     from benchmark.errors import UserError
     from benchmark.report import published_figures
 
     figures = published_figures()
     assert figures
-    cells = {}
-    for paper in (config.CONFIG_DIR / "paper").glob("*.yaml"):
+    cells, paper_epochs = {}, {}
+    for paper in sorted((config.CONFIG_DIR / "paper").glob("*.yaml")):
         cfg = config.compose([f"paper={paper.stem}", "data.download=true"])
         cells.setdefault((cfg.method.name, cfg.arch.name, cfg.dataset.name), paper.stem)
+        paper_epochs.setdefault((cfg.method.name, cfg.arch.name, cfg.dataset.name), set()).add(cfg.train.epochs)
     for f in figures:
+        key = (f["method"], f["arch"], f["dataset"])
+        if key in paper_epochs:  # one budget per cell, and the figure states it
+            assert paper_epochs[key] == {f.get("epochs")}, (f, paper_epochs[key])
+        else:
+            assert f.get("epochs") is None or f["epochs"] > 0, f
         if f["test_accuracy"] is None:  # a figure the project cannot read: it must say why
             assert f.get("not_held"), f
         else:

@@ -173,6 +173,29 @@ def test_runs_on_a_stand_in_dataset_are_shown_beside_the_figure_never_judged():
     assert alone["verdict"] == "not run"
 
 
+
+def test_runs_capped_below_the_papers_epochs_are_flagged_budget_limited_never_below():
+    """Where a paper's schedule does not fit the machine, its runs are capped (`train.epochs=N`):
+    every such row says so, beside the paper's epoch budget, and a shortfall at the cap is no
+    "below" verdict. Runs given the paper's full budget are judged as usual."""
+    def budget(records, epochs):
+        return [{**r, "budget": {"epochs": epochs}} for r in records if r["method"] == "mf"]
+
+    runs = cell(CPU, "repro", 10.0, 10.0, mf_accs=(0.960, 0.961, 0.962))  # 2 pp below the figure
+    figure = {"method": "mf", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.981, "tolerance": 0.005,
+              "epochs": 700, "source": "x", "protocol": "best_val"}
+    [capped] = numbers.reproduction(numbers.summarise(budget(runs, 4)), [figure])
+    assert capped["budget_limited"] and capped["paper_epochs"] == 700
+    assert capped["verdict"] == "no verdict, budget-limited: at most 4 of the paper's 700 epochs (-2.00 pp at that budget)"
+    assert "| 1 2 3; 4 (cap 4 of 700); Test CPU" in numbers.reproduction_markdown([capped])
+    [reached] = numbers.reproduction(numbers.summarise(budget(runs, 4)), [{**figure, "test_accuracy": 0.960}])
+    assert reached["verdict"].startswith("within tolerance (+0.10 pp")
+    assert reached["verdict"].endswith("; budget-limited: at most 4 of the paper's 700 epochs")
+    [full] = numbers.reproduction(numbers.summarise(budget(runs, 700)), [figure])
+    assert not full["budget_limited"] and full["verdict"] == "below by 2.00 pp" and full["epochs"] == "4"
+    # Tuned runs have no fixed epoch budget: never flagged.
+    [tuned] = numbers.reproduction(numbers.summarise([r for r in runs if r["method"] == "mf"]), [figure])
+    assert not tuned["budget_limited"]
 def test_depth_scaling_table_one_line_per_method_and_depth():
     runs = [run(m, 0, 0.97, 10.0 * d, CPU, "depth_scaling", depth=d) for m in ("bp", "ff") for d in (2, 4, 8)]
     table = numbers.depth_table(numbers.summarise(runs))

@@ -99,11 +99,28 @@ def test_a_paper_cell_composes_to_its_own_settings_and_is_reproduced(paper, tmp_
         assert getattr(job.train, key) == value
     swept = [j for j in every_repro_job if f"paper={paper}" in j.overrides]
     assert swept, f"no repro_* experiment sweeps paper={paper}"
-    assert {j.train.epochs for j in swept} == {job.train.epochs}
+    # The paper's epochs, unless its experiment caps them (train.epoch_cap: a budget-limited run).
+    assert {j.train.epochs for j in swept} == {min(job.train.epochs, j.train.epoch_cap or job.train.epochs) for j in swept}
     assert {j.train.test_every_epoch for j in swept} == {written.get("train", {}).get("test_every_epoch", True)}
     if groups["method"] != "bp":
         assert any((f["method"], f["arch"], f["dataset"]) == (groups["method"], groups["arch"], groups["dataset"])
                    for f in published_figures())
+
+
+def test_an_epoch_cap_cuts_every_cell_to_the_budget_that_fits_and_lifts_to_the_papers(tmp_path):
+    """repro_cafo_cifar10 runs the comparison's CIFAR cells at 15 epochs: the cap survives the
+    paper files (which set their own epochs), lowers each job's budget and the config its record
+    keeps, never raises one, and `train.epoch_cap=null` gives back each paper's own epochs."""
+    from benchmark.errors import UserError
+
+    base = ["experiment=repro_cafo_cifar10", f"results_dir={tmp_path}", "data.download=true"]
+    capped = config.preflight(base)
+    assert {(j.cfg.method.name, j.train.epochs, j.cfg.train.epochs) for j in capped} == {("cafo_rand", 15, 15), ("bp", 15, 15)}
+    lifted = config.preflight([*base, "train.epoch_cap=null"])
+    assert {(j.cfg.method.name, j.train.epochs) for j in lifted} == {("cafo_rand", 733), ("bp", 100)}
+    assert compose("method=bp", "dataset=digits", "train.epochs=3", "train.epoch_cap=15", f"results_dir={tmp_path}").train.epochs == 3
+    with pytest.raises(UserError, match="train.epoch_cap=0 must be a positive integer"):
+        compose("method=bp", "dataset=digits", "train.epoch_cap=0", f"results_dir={tmp_path}")
 
 
 def test_per_epoch_test_accuracy_is_recorded_and_never_selects(tmp_path):

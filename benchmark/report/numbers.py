@@ -452,6 +452,9 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
     "within tolerance" when ours is at most `tolerance` below (and it says so when ours is more than
     `tolerance` above); "below by x pp" otherwise (with the figure's `why_below`, where known), unless
     the runs were still rising at their budget (then the budget was too small to tell).
+    Runs capped below the paper's epoch budget (the figure's `epochs`; each run's recorded
+    `budget.epochs`) are flagged budget-limited: the epochs column says so, and a shortfall is
+    reported at that budget, never as "below" the paper.
     A figure's `stand_in` names a dataset that takes the place of the paper's where that cannot be
     had (offline here: `cifar10_jpeg` for CIFAR-10). Runs on it are shown beside the figure, on a
     row of their own that says so, and get no verdict: their data is not the paper's.
@@ -468,16 +471,21 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
             ref = {**ref, "hp": ", ".join(f"{key}={value}" for key, value in ref["hp"].items())}  # as the CSV shows it
         if not matches or all(math.isnan(r.acc) for r in matches):
             out.append({**ref, "protocol": protocol, "ours": None, "ours_ci": None, "ours_protocol": None, "n": 0,
-                        "epochs": None, "machine": None, "experiment": None, "diff_pp": None, "verdict": "not run"})
+                        "epochs": None, "paper_epochs": ref.get("epochs"), "machine": None, "experiment": None,
+                        "diff_pp": None, "verdict": "not run"})
             continue
         for ours in matches:
             as_paper = protocol_accuracy(ours.runs, protocol)
             compared = as_paper if as_paper is not None else ours.acc
             diff = None if theirs is None else compared - theirs
+            cap = epoch_cap(ours.runs, ref.get("epochs"))
+            limited = f"budget-limited: at most {cap} of the paper's {ref['epochs']} epochs" if cap else None
             if diff is None:  # nothing to compare with: ours is shown for a reader who holds the paper
                 verdict = f"no verdict: the paper's figure is not held here ({ref.get('not_held', 'not read')})"
             elif ours.dataset != ref["dataset"]:  # a stand-in's data: the difference is shown, never judged
                 verdict = f"no verdict: ours on {ours.dataset}, a stand-in for the paper's {ref['dataset']} ({diff * 100:+.2f} pp)"
+            elif limited and diff < -tol:  # the paper's budget was not run: a shortfall says nothing yet
+                verdict = f"no verdict, {limited} ({diff * 100:+.2f} pp at that budget)"
             elif diff > tol:  # reproduced, but far enough above to say so: the paper's run may have been weaker
                 verdict = f"within tolerance ({diff * 100:+.2f} pp; tolerance {tol * 100:.2f} pp; above the paper by more than that)"
             elif diff >= -tol:
@@ -486,15 +494,26 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
                 verdict = "budget too small to tell: " + ours.convergence.curve_phrase()
             else:
                 verdict = f"below by {-diff * 100:.2f} pp" + (f": {ref['why_below']}" if ref.get("why_below") else "")
+            if limited and limited not in verdict:  # every row run short of the paper's epochs says so
+                verdict += f"; {limited}"
             if ours.convergence.unstable:  # whatever the figure, the reader is told the training was not sound
                 verdict += "; " + ours.convergence.phrase()
-            epochs = sorted({r["metrics"].get("epochs_run") for r in ours.runs} - {None})
+            epochs = "/".join(map(str, sorted({r["metrics"].get("epochs_run") for r in ours.runs} - {None})))
             out.append({**ref, "ran_on": ours.dataset, "protocol": protocol, "ours": ours.acc, "ours_ci": ours.ci,
-                        "ours_protocol": as_paper,
+                        "ours_protocol": as_paper, "budget_limited": bool(cap), "paper_epochs": ref.get("epochs"),
                         "n": ours.n, "seeds": " ".join(map(str, sorted(ours.seeds))),
-                        "epochs": "/".join(map(str, epochs)), "machine": ours.machine,
+                        "epochs": f"{epochs} (cap {cap} of {ref['epochs']})" if cap else epochs, "machine": ours.machine,
                         "experiment": ours.experiment, "diff_pp": None if diff is None else diff * 100, "verdict": verdict})
     return out
+
+
+def epoch_cap(runs: list[dict], paper_epochs: int | None) -> int | None:
+    """The largest epoch budget the runs were given (`budget.epochs`), where it is below the
+    paper's (`paper_epochs`): the runs were cut short of the paper's schedule. None otherwise."""
+    budgets = [(run.get("budget") or {}).get("epochs") for run in runs]
+    if paper_epochs is None or not budgets or None in budgets:
+        return None
+    return max(budgets) if max(budgets) < paper_epochs else None
 
 
 def budget_summary(records: list[dict]) -> str:
