@@ -38,7 +38,7 @@ def test_every_published_figure_names_a_cell_the_harness_can_run(tmp_path):
     assert figures
     cells, paper_epochs = {}, {}
     for paper in sorted((config.CONFIG_DIR / "paper").glob("*.yaml")):
-        cfg = config.compose([f"paper={paper.stem}", "data.download=true"])
+        cfg = config.compose([f"paper={paper.stem}", "data.download=true", f"data.root={graph_root()}"])
         cells.setdefault((cfg.method.name, cfg.arch.name, cfg.dataset.name), paper.stem)
         paper_epochs.setdefault((cfg.method.name, cfg.arch.name, cfg.dataset.name), set()).add(cfg.train.epochs)
     for f in figures:
@@ -55,11 +55,12 @@ def test_every_published_figure_names_a_cell_the_harness_can_run(tmp_path):
             assert f["stand_in"] != f["dataset"] and (config.CONFIG_DIR / "dataset" / f"{f['stand_in']}.yaml").exists(), f
         named = [f"method={f['method']}", f"arch={f['arch']}", f"dataset={f['dataset']}"]
         try:
-            config.check(config.compose([*named, f"results_dir={tmp_path}", "data.download=true"]))
+            config.check(config.compose([*named, f"results_dir={tmp_path}", "data.download=true", f"data.root={graph_root()}"]))
         except UserError:
             paper = cells.get((f["method"], f["arch"], f["dataset"]))
             assert paper, f"{named} does not run as named and no configs/paper/ file sets it up"
-            config.check(config.compose([f"paper={paper}", f"results_dir={tmp_path}", "data.download=true"]))
+            config.check(config.compose([f"paper={paper}", f"results_dir={tmp_path}", "data.download=true",
+                                         f"data.root={graph_root()}"]))
 
 
 @pytest.mark.parametrize("arch", sorted(p.stem for p in (config.CONFIG_DIR / "arch").glob("*.yaml")))

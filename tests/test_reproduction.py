@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from benchmark import config, results, runner
 from benchmark import data as data_mod
 from benchmark.report import numbers, published_figures
-from tests.conftest import compose
+from tests.conftest import compose, graph_root
 
 REPROS = sorted(p.stem for p in (config.CONFIG_DIR / "experiment").glob("repro_*.yaml"))
 
@@ -20,7 +20,8 @@ REPROS = sorted(p.stem for p in (config.CONFIG_DIR / "experiment").glob("repro_*
 def test_a_reproduction_is_composed_from_the_mode_untuned_on_distinct_seeds(experiment, tmp_path):
     raw = OmegaConf.load(config.CONFIG_DIR / "experiment" / f"{experiment}.yaml")
     assert "repro" in raw.defaults  # composed from the mode, not copied
-    jobs = [j for j in config.preflight([f"experiment={experiment}", f"results_dir={tmp_path}"]) if j.supported]
+    jobs = [j for j in config.preflight([f"experiment={experiment}", f"results_dir={tmp_path}", f"data.root={graph_root()}"])
+            if j.supported]
     assert jobs and {j.cfg.mode for j in jobs} == {"run"}
     for j in jobs:  # the schedule runs to its end, unless the paper's own settings stop early
         assert j.train.patience == paper_settings(j).get("train", {}).get("patience", 0)
@@ -83,14 +84,14 @@ def test_every_shared_paper_file_is_read_by_a_cell():
 def every_repro_job(tmp_path_factory) -> list:
     """Every job of every repro_* experiment, composed once for all the paper files' checks."""
     results = tmp_path_factory.mktemp("repro-results")
-    return [j for e in REPROS for j in config.preflight([f"experiment={e}", f"results_dir={results}"])]
+    return [j for e in REPROS for j in config.preflight([f"experiment={e}", f"results_dir={results}", f"data.root={graph_root()}"])]
 
 
 @pytest.mark.parametrize("paper", PAPERS)
 def test_a_paper_cell_composes_to_its_own_settings_and_is_reproduced(paper, tmp_path, every_repro_job):
     """A configs/paper/ file is one published cell: it picks the method, arch and dataset and sets
     the paper's values, which win over the experiment's; some repro_* experiment sweeps it."""
-    [job] = config.preflight([f"paper={paper}", f"results_dir={tmp_path}"])
+    [job] = config.preflight([f"paper={paper}", f"results_dir={tmp_path}", f"data.root={graph_root()}"])
     groups, written = paper_file(paper)
     assert (job.cfg.method.name, job.cfg.arch.name, job.cfg.dataset.name) == (groups["method"], groups["arch"], groups["dataset"])
     for key, value in written.get("method", {}).get("hp", {}).items():
@@ -202,7 +203,7 @@ def test_every_committed_record_is_a_run_its_experiment_would_keep(experiment, t
     # Composing them checks only that the dataset's folder exists (no image is read), so where this
     # machine has not unpacked it, an empty folder of that name under tmp_path stands in.
     stand_ins = {f["stand_in"] for f in published_figures() if f.get("stand_in")}
-    launches = [[]]
+    launches = [[f"data.root={graph_root()}"]]  # graphs: the released splits are never downloaded
     data_root = data_mod.resolve_root(config.compose([f"experiment={experiment}"]).data.root)  # as the runs read it
     for name in sorted({r["dataset"] for r in records} & stand_ins):
         root = data_root
