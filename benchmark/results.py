@@ -99,28 +99,28 @@ def _repair_tail(fd: int, path: Path) -> None:
 
 def read_records(path: str | os.PathLike, strict: bool = False) -> list[dict]:
     """All records of a runs.jsonl. A line that does not parse is skipped with a warning (or raises
-    a UserError naming the file and line when `strict`). A gzipped copy (runs.jsonl.gz, as large
-    committed reproductions are kept) is read where the plain file is absent."""
-    path = Path(path)
-    if not path.exists() and path.with_name(path.name + ".gz").exists():
-        path = path.with_name(path.name + ".gz")
-    if not path.exists():
-        return []
-    records = []
+    a UserError naming the file and line when `strict`). Large committed reproductions keep their
+    records gzipped (runs.jsonl.gz); runs appended later go to the plain file beside it, so both
+    are read, the gzipped part first (the order the runs were written)."""
     import gzip
 
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                records.append(json.loads(raw))
-            except json.JSONDecodeError:
-                if strict:
-                    raise UserError(f"{path}:{number} is not a JSON record", "delete or repair that line") from None
-                import warnings
+    path = Path(path)
+    records = []
+    for part, opener in ((path.with_name(path.name + ".gz"), gzip.open), (path, open)):
+        if not part.exists():
+            continue
+        with opener(part, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    records.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    if strict:
+                        raise UserError(f"{part}:{number} is not a JSON record", "delete or repair that line") from None
+                    import warnings
 
-                warnings.warn(f"{path}:{number}: skipped a line that is not a JSON record", stacklevel=2)
+                    warnings.warn(f"{part}:{number}: skipped a line that is not a JSON record", stacklevel=2)
     return records
 
 

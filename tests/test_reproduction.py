@@ -149,6 +149,11 @@ def test_gzipped_records_are_read(tmp_path):
     with gzip.open(tmp_path / "runs.jsonl.gz", "wt") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     assert results.read_records(tmp_path / "runs.jsonl") == records
+    # A run appended after the records were compressed goes to the plain file: both are read, so a
+    # resumed `make repro` neither loses the committed runs nor re-runs them.
+    later = {"schema_version": 1, "run_id": "later", "status": "completed", "kind": "run", "seed": 2}
+    results.append(tmp_path / "runs.jsonl", later)
+    assert results.read_records(tmp_path / "runs.jsonl") == [*records, later]
 
 
 def test_a_batch_cut_short_resumes_without_rerunning_finished_runs(tmp_path):
