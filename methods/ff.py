@@ -107,8 +107,7 @@ class ForwardForward(Method):
             nn.init.zeros_(layer.bias)
             layers.append(layer)
         self.modules["layers"] = layers.to(device)
-        # The read-out and the goodness vote use the layers after the first (Hinton, sec. 3.3).
-        self.readout_layers = list(range(1, len(widths))) or [0]
+        self.readout_layers = self.voting_layers(len(widths))
         classifier = nn.Linear(sum(widths[i] for i in self.readout_layers), num_classes, bias=False)
         nn.init.zeros_(classifier.weight)
         self.modules["classifier"] = classifier.to(device)
@@ -121,6 +120,12 @@ class ForwardForward(Method):
         self.running_means = [torch.full((w,), 0.5, device=device) for w in widths]
         self.relu = FullGradReLU.apply if hp.full_grad_relu else F.relu
         self.steps_done, self.total_steps = 0, 1
+
+    @staticmethod
+    def voting_layers(n_layers: int) -> list[int]:
+        """The layers the goodness vote and the linear read-out use: those after the first
+        (Hinton, sec. 3.3: the first layer's goodness says little beyond the input's)."""
+        return list(range(1, n_layers)) or [0]
 
     def start_phase(self, phase, train_x, train_y, total_steps):
         self.steps_done, self.total_steps = 0, max(total_steps, 1)

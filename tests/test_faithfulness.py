@@ -407,6 +407,30 @@ def test_lcff_layer_loss_is_the_papers():
         assert torch.allclose(grads[k], expected[k], atol=1e-6, rtol=1e-4)
 
 
+def goodness_per_layer(method, x):
+    """(layers, N, C): each layer's goodness for every image with every candidate label."""
+    n, c = len(x), method.num_classes
+    z = method.with_label(x.repeat_interleave(c, dim=0), torch.eye(c).repeat(n, 1))
+    return torch.stack([a.pow(2).sum(1).view(n, c) for a in method.layer_activations(z)])
+
+
+@pytest.mark.parametrize(("name", "voters"), [("ff", [1, 2]), ("lcff", [0, 1, 2])])
+def test_ff_votes_after_the_first_layer_and_lcff_with_every_layer(name, voters):
+    """FF's vote skips the first layer (Hinton); LCFF's loss trains the sum of every layer's margin,
+    so its vote sums every layer's goodness. The first layer is scaled up so that counting it or
+    not changes the scores."""
+    method, data = build(f"method={name}", "arch=mlp_3x1000")
+    with torch.no_grad():
+        method.modules["layers"][0].weight.mul_(5.0)
+    x = data.train_x[:8]
+    per_layer = goodness_per_layer(method, x)
+    with torch.no_grad():
+        scores = method.goodness_scores(x)
+    assert torch.allclose(scores, per_layer[voters].sum(0), rtol=1e-5)
+    other_rule = [1, 2] if name == "lcff" else [0, 1, 2]
+    assert not torch.allclose(scores, per_layer[other_rule].sum(0), rtol=1e-3)
+
+
 # -- AugLocal and MAN (local learning's auxiliary networks) -----------------------------------------
 
 def test_auglocal_samples_later_blocks_uniformly_with_pyramidal_depth():
