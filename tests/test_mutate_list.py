@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.mutate import DEFECTS, REPO
+from tests.mutate import DEFECTS, REPO, suite
 
 
 @pytest.mark.parametrize("defect", DEFECTS, ids=[d.name for d in DEFECTS])
@@ -21,3 +21,10 @@ def test_each_defect_applies_to_exactly_one_line_and_compiles(defect):
 def test_defect_names_are_unique():
     names = [d.name for d in DEFECTS]
     assert len(names) == len(set(names))
+
+
+def test_the_mutation_run_leaves_this_check_out():
+    """Run against a defect, this file would fail on every one of them (the line is gone), and be
+    named as the test that caught it."""
+    assert "tests/test_mutate_list.py" not in suite(REPO)
+    assert "tests/test_reproduction.py" in suite(REPO)
