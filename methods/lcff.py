@@ -17,10 +17,9 @@ on top of this project's Forward-Forward (methods/ff.py), whose every other choi
 - Prediction: FF's rule (hp.predict: summed goodness per candidate label, or the linear
   read-out), but over *every* layer, first included, where FF skips the first. The loss trains
   only the sum of the margins, so single layers are free to drift far from their thresholds in
-  opposite directions, and a subset of layers need not carry the discrimination. A probe of one
-  MNIST epoch (3x1000, defaults, seed 0; not part of the harness) saw the positives' margins at
-  +141 / -554 / +549 and the last layer alone right on 16 % of 5,000 test images (FF's: 75 %).
-  In the harness (`python -m benchmark method=lcff arch=mlp_3x1000 dataset=mnist
+  opposite directions (after one MNIST epoch the last layer of a 3x1000 network barely told the
+  labels apart on its own), and a subset of layers need not carry the discrimination. In the
+  harness (`python -m benchmark method=lcff arch=mlp_3x1000 dataset=mnist
   train.epochs=10 train.patience=0 seed=S`, seeds 0 and 1), voting with layers 2-3 as FF does
   gave 42.8 / 37.0 % validation accuracy after epoch 1, and every layer 85.3 / 85.1 % (FF: 79.4 /
   81.5 %); after 10 epochs the two votes are level (test 96.40 / 96.21 % and 96.52 / 96.19 %),
