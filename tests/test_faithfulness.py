@@ -510,19 +510,66 @@ def test_noprop_fm_regresses_the_velocity_from_noise_to_label():
     assert torch.allclose(method.train_step(x, y, torch.arange(16)), expected, rtol=1e-5)
 
 
-def test_noprop_ct_uniform_weight_counts_every_time_alike():
-    """hp.loss_weight=uniform: the CT loss is (eta/2) ||u_hat - u||^2 averaged over the batch,
-    whatever the sampled t (recomputed with the same draws)."""
-    method, data = build("method=noprop_ct", "arch=mlp_1x1024", "method.hp.loss_weight=uniform")
+@pytest.mark.parametrize("weighting", ["snr_derivative", "uniform"])
+@pytest.mark.parametrize("schedule", ["learned", "cosine"])
+def test_noprop_ct_step_is_the_papers_loss(weighting, schedule):
+    """One CT step's loss, recomputed with the same random draws: (eta/2) w(t) ||u_hat - u||^2 at
+    z_t ~ q(z_t | y) (w = SNR'(t), or 1 for hp.loss_weight=uniform), plus the classifier's
+    cross-entropy on z_1 ~ q(z_1 | y), plus KL(q(z_0 | y) || N(0, I)); all at the schedule's levels."""
+    from methods.noprop import kl_to_prior
+
+    method, data = build("method=noprop_ct", "arch=mlp_1x1024", f"method.hp.loss_weight={weighting}",
+                         f"method.hp.noise_schedule={schedule}")
     x, y = data.train_x[:16], data.train_y[:16]
-    denoiser_losses = []
-    method.step = lambda unit, loss: denoiser_losses.append(loss.detach()) if unit == "denoiser" else None
+    sched, eta = method.modules["schedule"], method.hp.eta
     torch.manual_seed(3)
     u = method.embed[y]
     t = torch.rand(16)
-    z = method.noisy(u, t)
+    z, z1 = method.noisy(u, t), method.noisy(u, torch.ones(16))
     with torch.no_grad():
-        expected = 0.5 * method.hp.eta * (method.modules["denoiser"](x, z, method.embed, t) - u).pow(2).sum(1).mean()
+        weight = sched.snr_derivative(t) if weighting == "snr_derivative" else torch.ones(16)
+        denoising = (0.5 * eta * weight * (method.modules["denoiser"](x, z, method.embed, t) - u).pow(2).sum(1)).mean()
+        expected = denoising + F.cross_entropy(method.modules["classifier"](z1), y) + kl_to_prior(sched.signal(torch.zeros(1)), u)
     torch.manual_seed(3)
-    method.train_step(x, y, torch.arange(16))
-    assert torch.allclose(denoiser_losses[0], expected, rtol=1e-5)
+    assert torch.allclose(method.train_step(x, y, torch.arange(16)), expected, rtol=1e-5)
+
+
+def test_noprop_ct_learned_schedule_is_monotone_with_its_closed_form_weight():
+    """The trainable schedule: S(t) = sigmoid(-gamma(t)) rises from noise to label for any weights
+    it may learn, its ends are sigmoid(-gamma_1) and sigmoid(-gamma_0), SNR'(t) (the loss weight)
+    is the derivative of S / (1 - S), and a training step moves it (it is trained, not fixed)."""
+    from methods.noprop import LearnedSchedule
+
+    torch.manual_seed(0)
+    sched = LearnedSchedule().double()
+    with torch.no_grad():
+        for p in sched.parameters():  # any weights, of either sign: monotone by construction
+            p.copy_(3 * torch.randn_like(p))
+    t = torch.linspace(0.02, 0.98, 49, dtype=torch.float64)
+    with torch.no_grad():
+        s = sched.signal(torch.linspace(0, 1, 200, dtype=torch.float64))
+        assert torch.all(s[1:] > s[:-1])
+        gamma_0 = sched.gamma_clean
+        gamma_1 = gamma_0 + F.softplus(sched.raw_range)
+        ends = sched.signal(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        assert torch.allclose(ends, torch.sigmoid(-torch.stack([gamma_1, gamma_0])))
+        snr = lambda v: sched.signal(v) / (1 - sched.signal(v))  # noqa: E731
+        finite = (snr(t + 1e-6) - snr(t - 1e-6)) / 2e-6
+        assert torch.allclose(sched.snr_derivative(t), finite, rtol=1e-4)
+
+    method, data = build("method=noprop_ct", "arch=mlp_1x1024")
+    before = [p.detach().clone() for p in method.modules["schedule"].parameters()]
+    method.train_step(data.train_x[:32], data.train_y[:32], torch.arange(32))
+    assert all(not torch.equal(b, p) for b, p in zip(before, method.modules["schedule"].parameters()))
+
+
+def test_noprop_prior_kl_is_the_gaussian_kl():
+    from methods.noprop import kl_to_prior
+
+    u = torch.eye(10, dtype=torch.float64)[torch.tensor([1, 4, 7])]
+    signal = torch.tensor([0.3], dtype=torch.float64)
+    q = torch.distributions.Normal(signal.sqrt() * u, (1 - signal).sqrt().expand_as(u))
+    p = torch.distributions.Normal(torch.zeros_like(u), torch.ones_like(u))
+    expected = torch.distributions.kl_divergence(q, p).sum(1).mean()
+    assert torch.allclose(kl_to_prior(signal, u), expected)
+    assert kl_to_prior(torch.zeros(1, dtype=torch.float64), u).item() == 0.0  # the cosine schedule's S_0
