@@ -259,6 +259,10 @@ class CosineSchedule(nn.Module):
         super().__init__()
         self.cap = cap
 
+    def levels(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """S(t) and SNR'(t)."""
+        return signal_level(t, self.cap), snr_derivative(t, self.cap)
+
     def signal(self, t: torch.Tensor) -> torch.Tensor:
         return signal_level(t, self.cap)
 
@@ -295,20 +299,21 @@ class LearnedSchedule(nn.Module):
         slope = F.softplus(self.raw_slope)
         return slope * t + (heights * sig).sum(1), slope + (heights * rates * sig * (1 - sig)).sum(1)
 
-    def gamma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """gamma(t) and gamma'(t)."""
-        f, df = self._f(t)
-        ends, _ = self._f(torch.tensor([0.0, 1.0], device=t.device, dtype=t.dtype))
-        span = ends[1] - ends[0]
+    def levels(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """S(t) and SNR'(t) = -gamma'(t) exp(-gamma(t)), from one evaluation of f at t and at the
+        ends 0 and 1 (which normalise it)."""
+        n = len(t)
+        f, df = self._f(torch.cat([t, t.new_tensor([0.0, 1.0])]))
+        f, df, f0, f1 = f[:n], df[:n], f[n], f[n + 1]
         gamma_range = F.softplus(self.raw_range)
-        return self.gamma_clean + gamma_range * (1 - (f - ends[0]) / span), -gamma_range * df / span
+        gamma = self.gamma_clean + gamma_range * (1 - (f - f0) / (f1 - f0))
+        return torch.sigmoid(-gamma), gamma_range * df / (f1 - f0) * torch.exp(-gamma)
 
     def signal(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(-self.gamma(t)[0])
+        return self.levels(t)[0]
 
     def snr_derivative(self, t: torch.Tensor) -> torch.Tensor:
-        gamma, dgamma = self.gamma(t)
-        return -dgamma * torch.exp(-gamma)
+        return self.levels(t)[1]
 
 
 def kl_to_prior(signal: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -345,7 +350,7 @@ class NoPropContinuous(Method):
         self.optimizers = {
             name: make_optimizer(hp.optimizer, module.parameters(), hp.lr,
                                  0.0 if name == "schedule" else hp.weight_decay, hp.momentum)
-            for name, module in self.modules.items() if any(True for _ in module.parameters())
+            for name, module in self.modules.items() if list(module.parameters())
         }
 
     def step(self, loss: torch.Tensor) -> None:
@@ -379,27 +384,30 @@ class NoPropCT(NoPropContinuous):
         self.modules["schedule"] = (LearnedSchedule() if hp.noise_schedule == "learned" else CosineSchedule(hp.max_signal)).to(device)
         self.make_optimizers()
 
-    def noisy(self, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        s = self.modules["schedule"].signal(t)[:, None]
+    @staticmethod
+    def noisy(u: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+        """z ~ q(z | y) = N(sqrt(S) u_y, (1 - S) I) at signal level S (one per example, or one for all)."""
+        s = signal.reshape(-1, 1)
         return s.sqrt() * u + (1 - s).sqrt() * torch.randn_like(u)
 
     def train_step(self, x, y, idx):
         """The paper's L_CT, one backward pass: the SNR'-weighted denoising loss at t ~ U(0, 1), the
         classifier's cross-entropy on z_1 ~ q(z_1 | y), and the prior's KL at t = 0. The
         denoising loss reaches only the denoiser and the schedule, the cross-entropy the classifier
-        and the schedule, the KL the schedule."""
-        schedule = self.modules["schedule"]
+        and the schedule, the KL the schedule. The schedule is evaluated once, at the sampled times
+        and at t = 1 and 0."""
+        n = len(y)
         u = self.embed[y]
-        t = torch.rand(len(y), device=x.device)
-        u_hat = self.modules["denoiser"](x, self.noisy(u, t), self.embed, t)
+        t = torch.rand(n, device=x.device)
+        signal, snr_rate = self.modules["schedule"].levels(torch.cat([t, t.new_tensor([1.0, 0.0])]))
+        u_hat = self.modules["denoiser"](x, self.noisy(u, signal[:n]), self.embed, t)
         if self.hp.loss_weight == "uniform":  # every t counts alike (see the docstring)
             weight = torch.full_like(t, 0.5 * self.hp.eta)
         else:
-            weight = 0.5 * self.hp.eta * schedule.snr_derivative(t)
+            weight = 0.5 * self.hp.eta * snr_rate[:n]
         denoising = (weight * (u_hat - u).pow(2).sum(1)).mean()
-        ones = torch.ones(len(y), device=x.device)
-        classification = F.cross_entropy(self.modules["classifier"](self.noisy(u, ones)), y)
-        prior = kl_to_prior(schedule.signal(torch.zeros(1, device=x.device)), u)
+        classification = F.cross_entropy(self.modules["classifier"](self.noisy(u, signal[n])), y)
+        prior = kl_to_prior(signal[n + 1], u)
         loss = denoising + classification + prior
         self.step(loss)
         return loss.detach()

@@ -525,7 +525,7 @@ def test_noprop_ct_step_is_the_papers_loss(weighting, schedule):
     torch.manual_seed(3)
     u = method.embed[y]
     t = torch.rand(16)
-    z, z1 = method.noisy(u, t), method.noisy(u, torch.ones(16))
+    z, z1 = method.noisy(u, sched.signal(t)), method.noisy(u, sched.signal(torch.ones(16)))
     with torch.no_grad():
         weight = sched.snr_derivative(t) if weighting == "snr_derivative" else torch.ones(16)
         denoising = (0.5 * eta * weight * (method.modules["denoiser"](x, z, method.embed, t) - u).pow(2).sum(1)).mean()
