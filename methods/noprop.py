@@ -1,8 +1,10 @@
 """NoProp: discrete time (`noprop_dt`), continuous time (`noprop_ct`) and flow matching (`noprop_fm`).
 
 Li, Teh, Pascanu, "NoProp: Training Neural Networks without Back-propagation or
-Forward-propagation", arXiv 2503.24322 (2025). Reference figures (NoProp-DT): CIFAR-10 80.54 %,
-CIFAR-100 46.06 % (with its CNN blocks and long GPU training); MNIST 99.47 %.
+Forward-propagation", arXiv 2503.24322 (2025). Reference figures (NoProp-DT, ../shared/references):
+CIFAR-10 80.54 %, CIFAR-100 46.06 % (with its CNN blocks and long GPU training). Its MNIST figure,
+quoted here as 99.47 % since this module was written, could not be checked against any copy of the
+paper the project can read; configs/published.yaml therefore holds it as not held.
 
 Like a diffusion model over the label: T blocks, block t learns to denoise a noisy label
 embedding given the image, each on its own.
@@ -31,8 +33,10 @@ Differences from the paper, and why:
 - Class embeddings are fixed one-hot vectors (the paper's ablations include this option; its main
   runs learn W_embed jointly with all blocks, which would make one parameter shared by every
   block's loss and the method no longer block-local). No KL term is needed then.
-- The blocks' image path is the harness's MLP/CNN, not the paper's CNN; the paper's MNIST/CIFAR
-  figures are not expected at CPU budgets.
+- The blocks' image path is any harness MLP/CNN. `repro_noprop` runs the paper's MNIST setting on
+  arch cnn_noprop (32/64/128 channels, the layers public re-implementations read from the paper's
+  Figure 6, an image here), capped at 10 of its 100 epochs on a 2-core CPU: its report rows are
+  budget-limited, not a verdict on the method.
 - Stability: the SNR weights span five orders of magnitude across blocks (S_T is near 1). With a
   per-block Adam(W) optimiser, a constant weight on a block's loss does not change its update
   (Adam divides it out), so the weighting matters only for SGD; hp.max_signal caps S_T (0.999 by
