@@ -271,9 +271,6 @@ class CosineSchedule(nn.Module):
     def signal(self, t: torch.Tensor) -> torch.Tensor:
         return signal_level(t, self.cap)
 
-    def snr_derivative(self, t: torch.Tensor) -> torch.Tensor:
-        return snr_derivative(t, self.cap)
-
 
 class LearnedSchedule(nn.Module):
     """CT's trainable noise schedule, in the variational-diffusion form (Kingma et al. 2021) quoted
@@ -316,9 +313,6 @@ class LearnedSchedule(nn.Module):
 
     def signal(self, t: torch.Tensor) -> torch.Tensor:
         return self.levels(t)[0]
-
-    def snr_derivative(self, t: torch.Tensor) -> torch.Tensor:
-        return self.levels(t)[1]
 
 
 def kl_to_prior(signal: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

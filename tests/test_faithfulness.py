@@ -527,7 +527,7 @@ def test_noprop_ct_step_is_the_papers_loss(weighting, schedule):
     t = torch.rand(16)
     z, z1 = method.noisy(u, sched.signal(t)), method.noisy(u, sched.signal(torch.ones(16)))
     with torch.no_grad():
-        weight = sched.snr_derivative(t) if weighting == "snr_derivative" else torch.ones(16)
+        weight = sched.levels(t)[1] if weighting == "snr_derivative" else torch.ones(16)
         denoising = (0.5 * eta * weight * (method.modules["denoiser"](x, z, method.embed, t) - u).pow(2).sum(1)).mean()
         expected = denoising + F.cross_entropy(method.modules["classifier"](z1), y) + kl_to_prior(sched.signal(torch.zeros(1)), u)
     torch.manual_seed(3)
@@ -555,7 +555,7 @@ def test_noprop_ct_learned_schedule_is_monotone_with_its_closed_form_weight():
         assert torch.allclose(ends, torch.sigmoid(-torch.stack([gamma_1, gamma_0])))
         snr = lambda v: sched.signal(v) / (1 - sched.signal(v))  # noqa: E731
         finite = (snr(t + 1e-6) - snr(t - 1e-6)) / 2e-6
-        assert torch.allclose(sched.snr_derivative(t), finite, rtol=1e-4)
+        assert torch.allclose(sched.levels(t)[1], finite, rtol=1e-4)
 
     method, data = build("method=noprop_ct", "arch=mlp_1x1024")
     before = [p.detach().clone() for p in method.modules["schedule"].parameters()]
