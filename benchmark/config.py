@@ -205,6 +205,9 @@ def check_workload(dataset: DatasetSettings, arch: dict, diagnostics: Diagnostic
     if on_graph and dataset.resize is not None:
         raise UserError(f"dataset.resize={dataset.resize} applies to images, and '{dataset.name}' is a graph",
                         "leave dataset.resize unset")
+    if on_graph and dataset.normalise != "standard":
+        raise UserError(f"dataset.normalise={dataset.normalise} applies to images, and '{dataset.name}' is a graph "
+                        "(its node features are row-normalised)", "leave dataset.normalise unset")
     if on_graph and diagnostics.enabled:
         raise UserError("diagnostics (alignment, probes, attacks) are for image datasets only",
                         "set diagnostics.enabled=false for graph runs")

@@ -293,8 +293,12 @@ def load_raw(name: str, root: str | os.PathLike, download: bool) -> RawDataset:
 
 
 def load_splits(name: str, root, download: bool, val_size: int | None, split_seed: int, device: torch.device,
-                augment: str = "none", split: int | None = None, resize: int | None = None) -> Splits:
-    """Load, fingerprint, split, (resize,) normalise and move one dataset to `device`."""
+                augment: str = "none", split: int | None = None, resize: int | None = None,
+                normalise: str = "standard") -> Splits:
+    """Load, fingerprint, split, (resize,) normalise and move one dataset to `device`.
+    normalise: "standard" subtracts the training split's per-channel mean and divides by its std;
+    "none" keeps the pixels in [0, 1] (torchvision's ToTensor alone, as some reference codes feed
+    their networks: the DRTP reference's Normalize((0,), (1,)))."""
     if name in GRAPHS:  # resize is for images: config.check_workload refuses it on a graph
         return load_graph_splits(name, root, download, split, device)
     if val_size is None:
@@ -316,6 +320,8 @@ def load_splits(name: str, root, download: bool, val_size: int | None, split_see
 
     train_pixels = pixels(raw.train_images[train_idx])
     mean, std = _channel_stats(train_pixels)
+    if normalise == "none":  # the identity, kept as a mean and std so every reader handles one form
+        mean, std = torch.zeros_like(mean), torch.ones_like(std)
 
     def prepare(images: np.ndarray) -> torch.Tensor:
         return (pixels(images) - mean) / std
@@ -334,7 +340,8 @@ def load_splits(name: str, root, download: bool, val_size: int | None, split_see
         "split_seed": split_seed,
         "input_shape": list(train_pixels.shape[1:]),
         "resize": resize,
-        "normalisation": {"mean": mean.flatten().tolist(), "std": std.flatten().tolist(), "from": "training split"},
+        "normalisation": {"mean": mean.flatten().tolist(), "std": std.flatten().tolist(),
+                          "from": "training split" if normalise == "standard" else "none: pixels in [0, 1]"},
         "augment": augment,
         # Positions in the released arrays: train/val index the released training set, test the
         # released test set (a different array), so the three can never share an image.

@@ -27,14 +27,15 @@ log = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=2)
 def _splits(name: str, root: str, download: bool, val_size: int | None, split_seed: int, device: str, augment: str,
-            split: int | None, resize: int | None):
-    return data_mod.load_splits(name, root, download, val_size, split_seed, torch.device(device), augment, split, resize)
+            split: int | None, resize: int | None, normalise: str):
+    return data_mod.load_splits(name, root, download, val_size, split_seed, torch.device(device), augment, split, resize,
+                                normalise)
 
 
 def load_data(job: Job) -> data_mod.Splits:
     cfg, ds = job.cfg, job.dataset
     return _splits(ds.name, str(cfg.data.root), bool(cfg.data.download), ds.val_size, ds.split_seed, str(job.device),
-                   ds.augment, ds.split, ds.resize)
+                   ds.augment, ds.split, ds.resize, ds.normalise)
 
 
 def train_settings(job: Job, data: data_mod.Splits) -> loop.TrainConfig:
@@ -63,10 +64,12 @@ def cell_name(cfg) -> str:
 # record holds the size the method chose for that dataset, which the same config chooses again.
 SAME_RUN_TRAIN_KEYS = {"epochs": None, "patience": None, "min_delta": 0.0, "restore_best": True,
                        "stop_on": "val_accuracy"}
-# And which data: the held-out size and its split seed, a graph's released split, the augmentation
-# and the resize. Each of `dataset.resize=32`, `dataset.augment=crop_flip_reflect` or
-# `dataset.split=3` gives other data under the same dataset name, so a run made with it is another run.
-SAME_RUN_DATASET_KEYS = {"val_size": None, "split_seed": 0, "split": None, "augment": "none", "resize": None}
+# And which data: the held-out size and its split seed, a graph's released split, the augmentation,
+# the resize and the normalisation. Each of `dataset.resize=32`, `dataset.augment=crop_flip_reflect`,
+# `dataset.normalise=none` or `dataset.split=3` gives other data under the same dataset name, so a
+# run made with it is another run.
+SAME_RUN_DATASET_KEYS = {"val_size": None, "split_seed": 0, "split": None, "augment": "none", "resize": None,
+                         "normalise": "standard"}
 
 
 def _same_run_key(train: dict, dataset: dict, batch_size: int | None) -> tuple:
@@ -76,7 +79,7 @@ def _same_run_key(train: dict, dataset: dict, batch_size: int | None) -> tuple:
 
 def _identity(job: Job, seed: int, hp) -> tuple:
     """What a run of `job` is: cell, seed, hyperparameters, arch, budget, stopping rule, data (split,
-    augmentation, resize)."""
+    augmentation, resize, normalisation)."""
     cfg = job.cfg
     return (cell_name(cfg), seed, dict(vars(hp)), to_dict(cfg.arch),
             _same_run_key(dict(vars(job.train)), to_dict(cfg.dataset), job.train.batch_size))

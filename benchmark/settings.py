@@ -22,6 +22,8 @@ class DatasetSettings:
     split: int | None = field(default=None, metadata={"ge": 0})  # graphs: which released node split
     augment: str = field(default="none", metadata={"choices": ("none", "crop_flip", "crop_flip_reflect")})
     resize: int | None = field(default=None, metadata={"ge": 1})  # images: resized to resize x resize once, at load
+    # images: standard = per-channel mean and std of the training split; none = pixels in [0, 1]
+    normalise: str = field(default="standard", metadata={"choices": ("standard", "none")})
     target_accuracy: float | None = field(default=None, metadata={"gt": 0, "le": 1})
 
 

@@ -3,7 +3,9 @@
 Rumelhart, Hinton & Williams, "Learning representations by back-propagating errors", Nature 1986.
 
 - Locality: global. One loss at the output; its gradient flows through every block.
-- Loss: cross-entropy of the linear head's logits.
+- Loss: cross-entropy of the linear head's logits (hp.output_loss=ce), or a sigmoid per class and
+  binary cross-entropy against the one-hot label (bce: the DRTP reference's output for every
+  method it compares, BP included; repro_drtp).
 - Targets: the labels.
 - Prediction: argmax of the head's logits.
 - On a graph (arch gcn or sage): the whole graph runs forward, the loss is over the batch's
@@ -15,20 +17,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from benchmark import archs
 from benchmark.spec import Locality, Method, register
+from methods._losses import OUTPUT_LOSSES, output_loss
 from methods._optim import ScheduledHyper, lr_scheduler, make_optimizer
 
 
 @dataclass
 class BPHyper(ScheduledHyper):
-    """The optimiser and schedule (none | cosine | step), and an optional clip of the gradient's
-    norm over all parameters before each step: off by default; Counter-Current Learning's reference
-    clips its BP baseline at 1, as its CCL (repro_ccl)."""
+    """The optimiser and schedule (none | cosine | step), an optional clip of the gradient's
+    norm over all parameters before each step (off by default; Counter-Current Learning's reference
+    clips its BP baseline at 1, as its CCL: repro_ccl), and the output loss (ce | bce)."""
 
     grad_clip: float = field(default=0.0, kw_only=True, metadata={"ge": 0})  # 0 = off
+    output_loss: str = field(default="ce", kw_only=True, metadata={"choices": OUTPUT_LOSSES})
 
 
 @register
@@ -53,7 +56,7 @@ class BP(Method):
         return self.modules["net"](x)
 
     def train_step(self, x, y, idx):
-        loss = F.cross_entropy(self.logits(x), y)
+        loss = output_loss(self.logits(x), y, self.hp.output_loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.hp.grad_clip > 0:

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.spec import Locality, register
+from methods._losses import OUTPUT_LOSSES, output_loss
 from methods._optim import ScheduledHyper
 from methods.feedback_alignment import FeedbackBase
 
@@ -61,7 +62,7 @@ LAYER_LOSSES = ("drtp", "l2", "l1")
 class TargetProjectionHyper(ScheduledHyper):
     layer_loss: str = field(metadata={"choices": LAYER_LOSSES})
     projection: str = field(metadata={"choices": ("kaiming", "unit")})  # how P_i is drawn
-    output_loss: str = field(metadata={"choices": ("ce", "bce")})  # bce: sigmoid outputs (DRTP reference)
+    output_loss: str = field(metadata={"choices": OUTPUT_LOSSES})  # bce: sigmoid outputs (DRTP reference)
 
 
 def draw_projection(num_classes: int, features: int, kind: str, device) -> torch.Tensor:
@@ -92,11 +93,6 @@ class TargetProjection(FeedbackBase):
             return (out - target).pow(2).flatten(1).sum(1).mean()
         return (out - target).abs().flatten(1).sum(1).mean()
 
-    def output_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.hp.output_loss == "bce":
-            return F.binary_cross_entropy_with_logits(logits, F.one_hot(y, self.num_classes).float())
-        return F.cross_entropy(logits, y)
-
     def train_step(self, x, y, idx):
         one_hot = F.one_hot(y, self.num_classes).to(x.dtype)
         h = x
@@ -104,7 +100,7 @@ class TargetProjection(FeedbackBase):
             out = block(h.detach())  # the boundary: nothing flows back into block i-1
             self.step(i, self.block_loss(i, out, one_hot))  # as soon as the block's forward is done
             h = out
-        loss = self.output_loss(self.modules["head"](h.detach().flatten(1)), y)
+        loss = output_loss(self.modules["head"](h.detach().flatten(1)), y, self.hp.output_loss)
         self.step(len(self.optimizers) - 1, loss)
         return loss.detach()
 

@@ -84,6 +84,25 @@ def test_bp_clips_its_gradient_norm_as_ccls_reference_baseline():
     assert _bp_grad_norm_at_step("method.hp.grad_clip=1e6") == pytest.approx(unclipped, rel=1e-6)
 
 
+def test_bp_bce_output_is_the_drtp_references_loss():
+    """repro_drtp trains BP as the DRTP reference trains every method: a sigmoid on each class score
+    and PyTorch's binary cross-entropy, mean over batch and classes. One plain SGD step on the head
+    equals -lr times that loss's gradient, written out: (sigmoid(z) - onehot)^T h / (N * classes)."""
+    bp, data = build("method=bp", "arch=mlp_2x1000_tanh", "method.hp.optimizer=sgd", "method.hp.momentum=0",
+                     "method.hp.lr=0.5", "method.hp.output_loss=bce")
+    x, y = data.train_x[:16], data.train_y[:16]
+    head = bp.modules["net"].head[1]  # Flatten, Linear
+    with torch.no_grad():
+        h = archs.through(bp.modules["net"].blocks, x).flatten(1)
+        z = head(h)
+    expected = -0.5 * ((torch.sigmoid(z) - F.one_hot(y, 10).float()).T @ h) / (16 * 10)
+    before = head.weight.detach().clone()
+    bp.train_step(x, y, torch.arange(16))
+    assert torch.allclose(head.weight.detach() - before, expected, atol=1e-6, rtol=1e-4)
+    ce, _ = build("method=bp", "arch=mlp_2x1000_tanh")
+    assert ce.hp.output_loss == "ce"  # the default: softmax cross-entropy
+
+
 # -- Forward-Forward --------------------------------------------------------------------------------
 
 def _step_flops(method, data):

@@ -69,6 +69,26 @@ def test_resize_happens_once_at_load_and_is_recorded():
     assert corr > 0.95
 
 
+def test_normalise_none_keeps_pixels_in_0_1_records_it_and_is_another_run(tmp_path):
+    """dataset.normalise=none (the DRTP reference feeds ToTensor's [0, 1] pixels) leaves every split
+    as released / 255, says so in the record, and is a different run from the standardised one."""
+    standard = data_mod.load_splits("digits", ".", False, 300, 0, torch.device("cpu"))
+    raw = data_mod.load_splits("digits", ".", False, 300, 0, torch.device("cpu"), normalise="none")
+    for part in ("train_x", "val_x", "test_x"):
+        x = getattr(raw, part)
+        assert x.min() >= 0 and x.max() <= 1 and x.max() > 0.9
+        assert getattr(standard, part).shape == x.shape
+    assert standard.train_x.mean().abs() < 1e-4 and raw.train_x.mean() > 0.1
+    assert raw.info["normalisation"]["from"].startswith("none") and raw.info["normalisation"]["std"] == [1.0]
+    assert float(raw.pad_value.flatten()[0]) == 0.0  # a black pixel is 0
+    job = compose("method=bp", "dataset=digits", "dataset.normalise=none", f"results_dir={tmp_path}")
+    assert job.dataset.normalise == "none"
+    same = runner._same_run_key({}, {"normalise": "none"}, None)
+    assert same != runner._same_run_key({}, {}, None) == runner._same_run_key({}, {"normalise": "standard"}, None)
+    with pytest.raises(UserError, match="dataset.normalise"):
+        compose("method=bp", "arch=gcn", "dataset=cora", "dataset.normalise=none", f"results_dir={tmp_path}")
+
+
 def test_step_schedule_decays_at_its_milestones():
     factors = [schedule_factor("step", s, 100, (0.5, 0.75)) for s in (0, 49, 50, 74, 75, 99)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
