@@ -17,3 +17,13 @@ def output_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tenso
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
     return F.cross_entropy(logits, y)
+
+
+def output_error(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """The gradient of `output_loss` with respect to the logits, written out (FA and DFA send it
+    down through their fixed matrices): ce (softmax - onehot) / batch; bce (sigmoid - onehot) /
+    (batch * classes). tests/test_faithfulness.py checks both against autograd."""
+    one_hot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+    if kind == "bce":
+        return (torch.sigmoid(logits) - one_hot) / logits.numel()
+    return (F.softmax(logits, dim=1) - one_hot) / len(y)

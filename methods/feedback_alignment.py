@@ -15,9 +15,11 @@ and ../shared/references/README.md, quote 0.84 / 1.91 / 1.71, which are not BioT
     gradient) sent down through a fixed random matrix B_{i+1} of that layer's weight shape, in
     place of W_{i+1}^T (a matmul for Linear, a transposed convolution for Conv2d). The error
     still travels layer by layer, but by B, not by W: no weight transport.
-  - DFA: the signal for every block is the output error e = softmax(logits) - onehot(y) sent
-    straight to it through a fixed random matrix B_i (classes x block output size).
-- Loss: cross-entropy at the head; its error e drives every block.
+  - DFA: the signal for every block is the output error e (with cross-entropy
+    (softmax(logits) - onehot(y)) / batch) sent straight to it through a fixed random matrix B_i
+    (classes x block output size).
+- Loss: cross-entropy at the head (or the DRTP reference's sigmoid outputs and binary
+  cross-entropy, hp.output_loss=bce); its error e, the loss's gradient at the logits, drives every block.
 - Targets: the labels.
 - Prediction: argmax of the head's logits (the forward network is the BP network).
 
@@ -45,11 +47,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmark import archs
 from benchmark.spec import Locality, Method, register
+from methods._losses import OUTPUT_LOSSES, output_error, output_loss
 from methods._optim import ScheduledHyper, lr_scheduler, make_optimizer
 
 
@@ -66,11 +68,20 @@ def init_like_forward(b: torch.Tensor, net: archs.Blocks) -> torch.Tensor:
     return nn.init.kaiming_uniform_(b, a=math.sqrt(5))
 
 
+@dataclass
+class FeedbackHyper(ScheduledHyper):
+    """The optimiser and schedule (BioTorch's benchmarks decay the rate x0.1 at fixed epochs:
+    schedule step), and the output loss whose error drives the blocks (ce | bce: the DRTP
+    reference's sigmoid outputs and binary cross-entropy, for every method it compares)."""
+
+    output_loss: str = field(default="ce", kw_only=True, metadata={"choices": OUTPUT_LOSSES})
+
+
 class FeedbackBase(Method):
-    Hyper = ScheduledHyper  # BioTorch's benchmarks decay the rate x0.1 at fixed epochs: schedule step
+    Hyper = FeedbackHyper
     supported_archs = ("mlp", "cnn", "lenet")
 
-    def __init__(self, arch, input_shape, num_classes, hp: ScheduledHyper, device):
+    def __init__(self, arch, input_shape, num_classes, hp: FeedbackHyper, device):
         super().__init__(arch, input_shape, num_classes, hp, device)
         net = archs.build(arch, input_shape)
         self.modules["blocks"] = net.blocks.to(device)
@@ -105,10 +116,9 @@ class FeedbackBase(Method):
     def train_step(self, x, y, idx):
         outs = self.forward_detached(x)
         logits = self.modules["head"](outs[-1].detach().flatten(1))
-        loss = F.cross_entropy(logits, y)
+        loss = output_loss(logits, y, self.hp.output_loss)
         self.step(len(self.optimizers) - 1, loss)
-        error = (F.softmax(logits.detach(), dim=1) - F.one_hot(y, self.num_classes)) / len(y)
-        self.train_blocks(outs, error)
+        self.train_blocks(outs, output_error(logits.detach(), y, self.hp.output_loss))
         return loss.detach()
 
     def step(self, i: int, loss_or_outputs, grad=None) -> None:
@@ -131,7 +141,7 @@ class FeedbackBase(Method):
 
 
 @dataclass
-class DFAHyper(ScheduledHyper):
+class DFAHyper(FeedbackHyper):
     # dense: Nøkland's B_i, classes x every unit of block i's output; layer: BioTorch's, B of the
     # next layer's weight shape with the classes as its outputs (see DirectFeedbackAlignment).
     feedback: str = field(default="dense", kw_only=True, metadata={"choices": ("dense", "layer")})
@@ -178,15 +188,26 @@ class DirectFeedbackAlignment(FeedbackBase):
             self.step(i, out, self.signal(i, error, out))
 
 
+@dataclass
+class FAHyper(FeedbackHyper):
+    # forward: B drawn as the forward weights are (BioTorch); he: He-uniform, bound sqrt(6 / fan-in),
+    # sqrt(6) times PyTorch's default Linear bound (the DRTP reference's FA: kaiming_uniform_).
+    feedback_init: str = field(default="forward", kw_only=True, metadata={"choices": ("forward", "he")})
+
+
 @register
 class FeedbackAlignment(FeedbackBase):
     name = "fa"
     locality = Locality("block", "the error goes down block by block through fixed random matrices B in place of W^T; each block's backward pass stays inside it, inputs detached")
+    Hyper = FAHyper
 
     def make_feedback(self, net):
         """B_i of the shape of layer i's weight, for i >= 1 (block 0's B would feed the input),
-        initialised as the forward weights (BioTorch draws both the same way)."""
-        return [init_like_forward(torch.empty_like(layer.weight, device=self.device), net) for layer in self.layers[1:]]
+        initialised as the forward weights (BioTorch draws both the same way) or He-uniform."""
+        empty = [torch.empty_like(layer.weight, device=self.device) for layer in self.layers[1:]]
+        if self.hp.feedback_init == "he":
+            return [nn.init.kaiming_uniform_(b) for b in empty]
+        return [init_like_forward(b, net) for b in empty]
 
     def feedback_pairs(self):
         """Layer i+1's forward weight and the B_i that replaces its transpose."""

@@ -376,6 +376,28 @@ def test_target_projection_defaults_are_the_references():
     assert bound >= drtp.feedback[0].abs().max() > 0.9 * bound
 
 
+@pytest.mark.parametrize("kind", ["ce", "bce"])
+def test_the_error_feedback_methods_send_is_the_output_losss_gradient(kind):
+    """FA, DFA (and the output layer of DRTP) read the output error from methods._losses, written
+    out; it must be exactly the gradient of the loss the head is trained on."""
+    from methods._losses import output_error, output_loss
+
+    logits = torch.randn(8, 10, requires_grad=True)
+    y = torch.randint(0, 10, (8,))
+    (grad,) = torch.autograd.grad(output_loss(logits, y, kind), logits)
+    assert torch.allclose(output_error(logits.detach(), y, kind), grad, atol=1e-7)
+
+
+def test_fa_he_feedback_is_the_drtp_references():
+    """The DRTP reference's FA draws B with kaiming_uniform_ (bound sqrt(6 / fan-in));
+    feedback_init=forward draws it as PyTorch draws a Linear weight (bound 1 / sqrt(fan-in))."""
+    he, _ = build("method=fa", "arch=mlp_2x1000_tanh", "method.hp.feedback_init=he")
+    forward, _ = build("method=fa", "arch=mlp_2x1000_tanh")
+    assert he.feedback[0].shape == (1000, 1000)  # the second layer's weight, fan-in 1000
+    assert math.sqrt(6 / 1000) >= he.feedback[0].abs().max() > 0.95 * math.sqrt(6 / 1000)
+    assert 1 / math.sqrt(1000) >= forward.feedback[0].abs().max() > 0.95 / math.sqrt(1000)
+
+
 # -- Layer-collaborative FF ------------------------------------------------------------------------
 
 def ff_first_layer_update(name: str, last_layer_scale: float):

@@ -55,15 +55,17 @@ def test_method_variant_learns_digits(name, variant, job_factory):
     assert record["metrics"]["test_accuracy"] >= variant["floor"], record["metrics"]["test_accuracy"]
 
 
-@pytest.mark.parametrize("arch", [["arch=cnn"], ["arch=lenet", "dataset.resize=32"]])
+@pytest.mark.parametrize("arch", [["arch=cnn"], ["arch=lenet", "dataset.resize=32"],
+                                  ["arch=mlp_2x1000_tanh", "method.hp.output_loss=bce"]])
 def test_feedback_alignment_with_b_equal_to_w_is_backprop(job_factory, arch):
     """FA's hand-passed error equals BP's gradient when its feedback matrices are the forward
-    weights: checks the signal path (FA's B replaces W^T and nothing else), on the CNN and on
-    BioTorch's LeNet (whose convolution-to-linear step reshapes the error)."""
+    weights: checks the signal path (FA's B replaces W^T and nothing else), on the CNN, on
+    BioTorch's LeNet (whose convolution-to-linear step reshapes the error) and on DRTP's tanh MLP
+    with its sigmoid outputs and binary cross-entropy (the error is that loss's gradient)."""
     import torch
-    import torch.nn.functional as F
 
     from benchmark import loop
+    from methods._losses import output_loss
 
     job = job_factory("method=fa", *arch, "dataset=digits", "method.hp.optimizer=sgd",
                       "method.hp.lr=0.1", "method.hp.momentum=0")
@@ -78,7 +80,7 @@ def test_feedback_alignment_with_b_equal_to_w_is_backprop(job_factory, arch):
     h = x
     for block in fa.modules["blocks"]:
         h = block(h)
-    loss = F.cross_entropy(fa.modules["head"](h.flatten(1)), y)
+    loss = output_loss(fa.modules["head"](h.flatten(1)), y, fa.hp.output_loss)
     grads = torch.autograd.grad(loss, list(fa.modules.parameters()))
     expected = {n: before[n] - 0.1 * g for (n, _), g in zip(fa.modules.named_parameters(), grads)}
     fa.train_step(x, y, torch.arange(32))

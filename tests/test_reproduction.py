@@ -178,7 +178,8 @@ def test_a_batch_cut_short_resumes_without_rerunning_finished_runs(tmp_path):
 
 def test_other_data_of_the_same_dataset_is_another_run(tmp_path):
     """A resumed batch keeps a finished run only for the same data: another held-out split, an
-    augmentation (a crop padded by reflection instead of black) or a resize is a run of its own."""
+    augmentation (a crop padded by reflection instead of black), a resize or unstandardised pixels
+    is a run of its own."""
     from tests.conftest import run_cli
 
     base = ["method=bp", "arch=mlp", "arch.widths=[32]", "dataset=digits", "train.epochs=1", "measure.emissions=false",
@@ -187,7 +188,7 @@ def test_other_data_of_the_same_dataset_is_another_run(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     [same] = config.preflight(base)
     assert runner.finished_earlier(same) is not None
-    for change in ("dataset.split_seed=1", "dataset.augment=crop_flip", "dataset.resize=16"):
+    for change in ("dataset.split_seed=1", "dataset.augment=crop_flip", "dataset.resize=16", "dataset.normalise=none"):
         [job] = config.preflight([*base, change])
         assert runner.finished_earlier(job) is None, change
     [reflect] = config.preflight([*base, "dataset.augment=crop_flip_reflect"])
