@@ -1,5 +1,5 @@
 """Output losses by name, shared so that 'bce' means the same thing in every method that offers it
-(BP and the target-projection methods, `hp.output_loss`)."""
+(BP, FA, DFA and the target-projection methods, `hp.output_loss`)."""
 from __future__ import annotations
 
 import torch

@@ -162,7 +162,7 @@ def test_dashboard_binds_to_loopback_only(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         listening = []
-        for _ in range(100):
+        for _ in range(300):  # up to 60 s: its start-up (imports) takes 20 s or more on busy cores
             listening = [c.laddr for c in psutil.Process(proc.pid).net_connections(kind="tcp") if c.status == "LISTEN"]
             if listening:
                 break
