@@ -27,3 +27,11 @@ def output_error(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tens
     if kind == "bce":
         return (torch.sigmoid(logits) - one_hot) / logits.numel()
     return (F.softmax(logits, dim=1) - one_hot) / len(y)
+
+
+def output_difference(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """The network's output minus the one-hot label, per sample and unaveraged (sigmoid outputs
+    for bce, softmax for ce): the error the DRTP reference's DFA sends to every hidden layer, where
+    `output_error` is the same divided by the batch (and the classes, for bce)."""
+    one_hot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+    return (torch.sigmoid(logits) if kind == "bce" else F.softmax(logits, dim=1)) - one_hot

@@ -51,7 +51,7 @@ from torch import nn
 
 from benchmark import archs
 from benchmark.spec import Locality, Method, register
-from methods._losses import OUTPUT_LOSSES, output_error, output_loss
+from methods._losses import OUTPUT_LOSSES, output_difference, output_error, output_loss
 from methods._optim import ScheduledHyper, lr_scheduler, make_optimizer
 
 
@@ -118,8 +118,12 @@ class FeedbackBase(Method):
         logits = self.modules["head"](outs[-1].detach().flatten(1))
         loss = output_loss(logits, y, self.hp.output_loss)
         self.step(len(self.optimizers) - 1, loss)
-        self.train_blocks(outs, output_error(logits.detach(), y, self.hp.output_loss))
+        self.train_blocks(outs, self.output_signal(logits.detach(), y))
         return loss.detach()
+
+    def output_signal(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The error the blocks learn from: the output loss's gradient at the logits."""
+        return output_error(logits, y, self.hp.output_loss)
 
     def step(self, i: int, loss_or_outputs, grad=None) -> None:
         self.optimizers[i].zero_grad(set_to_none=True)
@@ -142,16 +146,21 @@ class FeedbackBase(Method):
 
 @dataclass
 class DFAHyper(FeedbackHyper):
-    # dense: Nøkland's B_i, classes x every unit of block i's output; layer: BioTorch's, B of the
-    # next layer's weight shape with the classes as its outputs (see DirectFeedbackAlignment).
-    feedback: str = field(default="dense", kw_only=True, metadata={"choices": ("dense", "layer")})
+    # dense: Nøkland's B_i, classes x every unit of block i's output; dense_he: the same shape,
+    # He-uniform (the DRTP reference's); layer: BioTorch's, B of the next layer's weight shape with
+    # the classes as its outputs (see DirectFeedbackAlignment).
+    feedback: str = field(default="dense", kw_only=True, metadata={"choices": ("dense", "dense_he", "layer")})
+    # gradient: the output loss's gradient at the logits; difference: output minus label per
+    # sample, unaveraged (the DRTP reference's DFA, methods/_losses.output_difference).
+    error: str = field(default="gradient", kw_only=True, metadata={"choices": ("gradient", "difference")})
 
 
 @register
 class DirectFeedbackAlignment(FeedbackBase):
     """Two shapes of B (hp.feedback):
     - dense (Nøkland 2016): block i's signal is e @ B_i, B_i of classes x (block i's output size),
-      N(0, 1/classes) entries.
+      N(0, 1/classes) entries; dense_he: the same, He-uniform with the block's output size as
+      fan-in (bound sqrt(6 / units): the DRTP reference's DFA, with hp.error=difference).
     - layer (BioTorch's DFA layers): B_i has the shape of the weight of the layer after block i
       (the next block's first layer, or the head) with the class count as its output size, and the
       signal is that layer's input gradient with B as its weight and e as its output gradient,
@@ -167,11 +176,19 @@ class DirectFeedbackAlignment(FeedbackBase):
         if self.hp.feedback == "layer":
             return [init_like_forward(torch.empty(self.num_classes, *layer.weight.shape[1:], device=self.device), net)
                     for layer in self.layers[1:]]
+        if self.hp.feedback == "dense_he":
+            return [nn.init.kaiming_uniform_(torch.empty(self.num_classes, net.out_features(i), device=self.device))
+                    for i in range(len(net.blocks))]
         scale = 1.0 / math.sqrt(self.num_classes)
         return [
             torch.randn(self.num_classes, net.out_features(i), device=self.device) * scale
             for i in range(len(net.blocks))
         ]
+
+    def output_signal(self, logits, y):
+        if self.hp.error == "difference":
+            return output_difference(logits, y, self.hp.output_loss)
+        return super().output_signal(logits, y)
 
     def signal(self, i: int, error: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The teaching signal at block i's output: the output error through B_i."""

@@ -398,6 +398,26 @@ def test_fa_he_feedback_is_the_drtp_references():
     assert 1 / math.sqrt(1000) >= forward.feedback[0].abs().max() > 0.95 / math.sqrt(1000)
 
 
+def test_dfa_difference_error_is_the_drtp_references():
+    """The DRTP reference's DFA writes (sigmoid output - onehot) @ B_i, per sample and unaveraged,
+    into the gradient at each hidden block's output, B_i He-uniform (classes x units). One plain
+    SGD step on the first layer equals that rule gated by tanh' = 1 - h^2: dW = -lr d^T x."""
+    dfa, data = build("method=dfa", "arch=mlp_2x1000_tanh", "method.hp.optimizer=sgd", "method.hp.momentum=0",
+                      "method.hp.lr=1e-3", "method.hp.output_loss=bce", "method.hp.error=difference",
+                      "method.hp.feedback=dense_he")
+    assert math.sqrt(6 / 1000) >= dfa.feedback[0].abs().max() > 0.95 * math.sqrt(6 / 1000)
+    x, y = data.train_x[:8], data.train_y[:8]
+    layer = dfa.modules["blocks"][0][1]  # Flatten, Linear, activation
+    with torch.no_grad():
+        h = torch.tanh(layer(x.flatten(1)))
+        z = dfa.modules["head"](archs.through(dfa.modules["blocks"], x).flatten(1))
+        signal = (torch.sigmoid(z) - F.one_hot(y, 10).float()) @ dfa.feedback[0]
+        expected = -1e-3 * ((signal * (1 - h**2)).T @ x.flatten(1))
+    before = layer.weight.detach().clone()
+    dfa.train_step(x, y, torch.arange(8))
+    assert torch.allclose(layer.weight.detach() - before, expected, atol=1e-7, rtol=1e-4)
+
+
 # -- Layer-collaborative FF ------------------------------------------------------------------------
 
 def ff_first_layer_update(name: str, last_layer_scale: float):
