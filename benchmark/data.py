@@ -319,9 +319,11 @@ def load_splits(name: str, root, download: bool, val_size: int | None, split_see
         return x if resize is None else resized(x, resize)
 
     train_pixels = pixels(raw.train_images[train_idx])
-    mean, std = _channel_stats(train_pixels)
-    if normalise == "none":  # the identity, kept as a mean and std so every reader handles one form
-        mean, std = torch.zeros_like(mean), torch.ones_like(std)
+    if normalise == "standard":
+        mean, std = _channel_stats(train_pixels)
+    else:  # the identity, kept as a mean and std so every reader handles one form
+        mean = torch.zeros(1, train_pixels.shape[1], 1, 1, device=train_pixels.device)
+        std = torch.ones_like(mean)
 
     def prepare(images: np.ndarray) -> torch.Tensor:
         return (pixels(images) - mean) / std

@@ -19,19 +19,15 @@ def output_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tenso
     return F.cross_entropy(logits, y)
 
 
-def output_error(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """The gradient of `output_loss` with respect to the logits, written out (FA and DFA send it
-    down through their fixed matrices): ce (softmax - onehot) / batch; bce (sigmoid - onehot) /
-    (batch * classes). tests/test_faithfulness.py checks both against autograd."""
-    one_hot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
-    if kind == "bce":
-        return (torch.sigmoid(logits) - one_hot) / logits.numel()
-    return (F.softmax(logits, dim=1) - one_hot) / len(y)
-
-
 def output_difference(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     """The network's output minus the one-hot label, per sample and unaveraged (sigmoid outputs
-    for bce, softmax for ce): the error the DRTP reference's DFA sends to every hidden layer, where
-    `output_error` is the same divided by the batch (and the classes, for bce)."""
+    for bce, softmax for ce): the error the DRTP reference's DFA sends to every hidden layer."""
     one_hot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
     return (torch.sigmoid(logits) if kind == "bce" else F.softmax(logits, dim=1)) - one_hot
+
+
+def output_error(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """The gradient of `output_loss` with respect to the logits (FA and DFA send it down through
+    their fixed matrices): `output_difference` averaged as the loss is, over the batch for ce, over
+    batch and classes for bce. tests/test_faithfulness.py checks both against autograd."""
+    return output_difference(logits, y, kind) / (logits.numel() if kind == "bce" else len(y))
