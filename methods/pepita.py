@@ -24,10 +24,11 @@ momentum 0.9, batch 64, dropout keep 0.9, F scale 0.05, eta x0.1 at epochs 60 an
 (hp.schedule=step, placed at 60 % and 90 % of the run's step budget). The update is the batch
 mean (the reference divides the summed per-sample updates by the batch size), so an experiment
 that sets train.batch_size=128 for every method gives PEPITA half as many steps per epoch of the
-same size, not larger steps. Differences from the reference: the input is normalised with the
-training split's mean and standard deviation (the reference feeds pixels in [0, 1]), which changes
-the size of the error's input perturbation F e relative to the image; the epoch budget is the
-harness's. The paper reports 98.01 % on MNIST with one hidden layer of 1024 (its Table 1, 100
+same size, not larger steps. Differences from the reference: by default the harness standardises
+the input with the training split's mean and standard deviation, while the reference feeds pixels
+in [0, 1], which changes the size of the error's input perturbation F e relative to the image
+(`dataset.normalise=none` gives the reference's pixels; `repro_pepita` uses it); the epoch budget
+is the harness's. The paper reports 98.01 % on MNIST with one hidden layer of 1024 (its Table 1, 100
 epochs); our `mlp_1x1024` preset is that network.
 Deeper MLPs run, but the paper shows PEPITA degrading with depth.
 """
