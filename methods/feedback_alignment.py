@@ -75,6 +75,10 @@ class FeedbackHyper(ScheduledHyper):
     reference's sigmoid outputs and binary cross-entropy, for every method it compares)."""
 
     output_loss: str = field(default="ce", kw_only=True, metadata={"choices": OUTPUT_LOSSES})
+    # The DRTP reference's --fc-zero-init: every Linear weight (hidden and head) starts at zero,
+    # biases and convolutions keep their initialisation. The fixed random feedback still reaches
+    # every unit, so the layers leave zero on the first step (BP would not: its W^T is zero).
+    zero_init: bool = field(default=False, kw_only=True)
 
 
 class FeedbackBase(Method):
@@ -88,6 +92,10 @@ class FeedbackBase(Method):
         self.modules["head"] = net.init_head(nn.Linear(net.out_features(len(net.blocks) - 1), num_classes)).to(device)
         # Each block's first Linear/Conv2d, then the head: the layers whose W^T FA replaces by B.
         self.layers = [first_layer(b) for b in self.modules["blocks"]] + [self.modules["head"]]
+        if hp.zero_init:
+            for m in [*self.modules["blocks"].modules(), self.modules["head"]]:
+                if isinstance(m, nn.Linear):
+                    nn.init.zeros_(m.weight)
         self.optimizers = [
             make_optimizer(hp.optimizer, m.parameters(), hp.lr, hp.weight_decay, hp.momentum)
             for m in [*self.modules["blocks"], self.modules["head"]]

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from benchmark import archs, config, runner
 from methods.ff import rms_normalise
@@ -416,6 +417,20 @@ def test_dfa_difference_error_is_the_drtp_references():
     before = layer.weight.detach().clone()
     dfa.train_step(x, y, torch.arange(8))
     assert torch.allclose(layer.weight.detach() - before, expected, atol=1e-7, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["fa", "dfa", "drtp"])
+def test_zero_init_starts_every_linear_weight_at_zero_and_the_feedback_moves_them(method):
+    """The DRTP reference's --fc-zero-init: hidden and head weights start at zero (biases as
+    drawn); the fixed random feedback, not W^T, carries the signal, so one step moves the first
+    layer off zero."""
+    net, data = build(f"method={method}", "arch=mlp_2x1000_tanh", "method.hp.output_loss=bce",
+                      "method.hp.zero_init=true")
+    linears = [m for m in [*net.modules["blocks"].modules(), net.modules["head"]] if isinstance(m, nn.Linear)]
+    assert len(linears) == 3 and all(not m.weight.any() for m in linears)
+    assert any(m.bias.any() for m in linears)
+    net.train_step(data.train_x[:16], data.train_y[:16], torch.arange(16))
+    assert linears[0].weight.any()
 
 
 # -- Layer-collaborative FF ------------------------------------------------------------------------
