@@ -285,6 +285,11 @@ def _one_line(err: Exception) -> UserError:
         group, name = missing.groups()
         options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
         return UserError(f"unknown {group} '{name}'", f"choose one of: {', '.join(options)}")
+    if "Could not override 'method.hp." in first:
+        # A method's own setting (DFA's feedback, FA's zero_init) exists only once that method is
+        # composed; where an experiment's sweep picks the method (paper=...), force it with ++.
+        return UserError(first.rstrip("."), "check the key against the method's YAML (configs/method/), name the method "
+                         "(method=<name>), or write ++key=value where an experiment's sweep picks the method")
     if "Could not override" in first or "not in struct" in first:
         return UserError(first.rstrip("."), "check the key's spelling (configs/config.yaml lists the settings) or add it with +key=value")
     return UserError(first.rstrip("."), "check the command-line overrides")

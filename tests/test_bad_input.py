@@ -20,6 +20,7 @@ CASES = {
     "float epochs": (["train.epochs=2.5"], "train.epochs"),
     "unknown key": (["train.epochz=3"], "epochz"),
     "unknown hyperparameter": (["+method.hp.foo=1"], "method.hp.foo"),
+    "another method's hyperparameter": (["method.hp.zero_init=true"], "method=<name>"),
     "bad optimizer": (["method.hp.optimizer=adamx"], "method.hp.optimizer"),
     "negative seed": (["seed=-3"], "seed"),
     "method on unsupported arch": (["method=ff", "arch=cnn"], "does not support"),
