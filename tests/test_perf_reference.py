@@ -112,3 +112,14 @@ def test_ops_per_step_counts_the_operators_a_step_dispatches():
     few, many = perf.ops_per_step(shallow, data), perf.ops_per_step(deep, data)
     assert 20 < few < many
     assert perf.ops_per_step(shallow, data) == few  # a steady step again: the same count
+
+
+def test_the_convolution_rate_counts_flops_as_the_methods_rows_do():
+    """The convolution rate printed beside the GEMM peak divides the FLOPs FlopCounterMode counts
+    (the count behind every method's FLOP/s), so the two are comparable."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv, flops = perf.large_conv(batch=2, channels=8, size=6)
+    with FlopCounterMode(display=False) as counter:
+        conv()
+    assert counter.get_total_flops() == flops
