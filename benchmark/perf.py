@@ -21,8 +21,8 @@ over several repeats; the table reports medians. Sections:
 - methods: per registered method on its native architecture, training samples/s, achieved FLOP/s
   (FlopCounterMode count / time) and that as a fraction of this machine's fp32 matmul peak
   (measured here with a large GEMM; a large convolution's rate is printed beside it, since a CNN
-  method can exceed the GEMM where the convolution library is faster), and the ATen operators one training step dispatches (what a
-  launch-bound GPU step pays for).
+  method can exceed the GEMM where the convolution library is faster), and the ATen operators one
+  training step dispatches (what a launch-bound GPU step pays for).
 - reference: time per epoch of our FF and CaFo vs a minimal re-implementation, in this script, of
   the public references' training steps (FF: loeweX/Forward-Forward's per-sample dataset of
   positive/negative/neutral images and one optimizer over all layers; CaFo: frozen blocks forwarded
@@ -325,12 +325,16 @@ def section_data(repeats: int) -> None:
     emit("data", "DataLoader / tensors, per image", per_image, "x", "goal >= 2")
 
 
+def best_rate(kernel, flops: int, repeats: int = 5) -> float:
+    """FLOP/s of one kernel call at its fastest of `repeats`, after a warm-up call."""
+    kernel()
+    return flops / min(timed(kernel) for _ in range(repeats))
+
+
 def matmul_peak() -> float:
     n = 8192 if DEVICE.type == "cuda" else 4096
     a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
-    a @ b
-    best = min(timed(lambda: a @ b) for _ in range(5))
-    return 2 * n**3 / best
+    return best_rate(lambda: a @ b, 2 * n**3)
 
 
 def conv_rate() -> float:
@@ -339,10 +343,7 @@ def conv_rate() -> float:
     convolution is faster, as with MKL's GEMM on an AMD CPU, a CNN method's fraction of the GEMM
     peak can exceed 1, and its ratio to BP's MLP fraction says more about the libraries than the
     method."""
-    conv, flops = large_conv()
-    conv()
-    best = min(timed(conv) for _ in range(5))
-    return flops / best
+    return best_rate(*large_conv())
 
 
 def large_conv(batch: int = 64, channels: int = 256, size: int = 32):
