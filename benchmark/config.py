@@ -322,11 +322,16 @@ def _expand(argv: list[str]) -> tuple[list[list[str]], bool, DictConfig | None]:
         raise _one_line(err) from None
     base = [o.input_line for o in parsed if not o.is_sweep_override()]
     sweeps = [o for o in parsed if o.is_sweep_override()]
-    if sweeps and not multirun:
-        raise UserError(f"'{sweeps[0].input_line}' is a sweep but -m was not given", "add -m (multirun)")
+    for o in sweeps:  # Hydra's sweeper reads its params from the config, not as a command-line sweep
+        if o.get_key_element().startswith("hydra.sweeper.params."):
+            axis = o.input_line.replace("hydra.sweeper.params.", "", 1)
+            raise UserError(f"'{o.input_line}' sweeps a sweeper setting, not the grid's axis",
+                            f"give the axis itself, '{axis}' (with -m): it replaces the experiment's values")
     full = compose(base, with_hydra=True)
     if full.hydra.mode is not None and str(full.hydra.mode).endswith("MULTIRUN"):
-        multirun = True
+        multirun = True  # an experiment that sweeps is a multirun without -m, as in Hydra
+    if sweeps and not multirun:
+        raise UserError(f"'{sweeps[0].input_line}' is a sweep but -m was not given", "add -m (multirun)")
     axes = []
     if multirun:
         given = {o.get_key_element() for o in parsed}

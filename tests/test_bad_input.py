@@ -27,6 +27,7 @@ CASES = {
     "zero validation size": (["dataset.val_size=0"], "dataset.val_size"),
     "cuda without cuda": (["device=cuda"], "device"),
     "sweep without -m": (["train.epochs=1,2"], "-m"),
+    "sweep of the sweeper's setting": (["-m", "hydra.sweeper.params.seed=0,1"], "'seed=0,1'"),
     "unknown autocast": (["train.autocast=fp8"], "train.autocast"),
     "compile a torch.func method": (["method=fg", "train.compile=true"], "cannot be compiled"),
     "pepita momentum of 1": (["method=pepita", "arch=mlp_1x1024", "method.hp.momentum=1.0"], "less than"),

@@ -108,6 +108,16 @@ def test_a_paper_cell_composes_to_its_own_settings_and_is_reproduced(paper, tmp_
                    for f in published_figures())
 
 
+def test_an_axis_on_the_command_line_replaces_the_experiments_values(tmp_path):
+    """`paper=glob(...) seed=1,2` runs part of a reproduction (an experiment that sweeps is a
+    multirun without -m, as in Hydra): those cells and seeds, no others."""
+    jobs = config.preflight(["experiment=repro_drtp", "paper=glob(frenkel2021_*_mlp_1x500_tanh_mnist)", "seed=1,2",
+                             f"results_dir={tmp_path}"])
+    assert sorted((j.cfg.method.name, j.cfg.seed) for j in jobs) == sorted(
+        (m, s) for m in ("bp", "dfa", "drtp", "fa") for s in (1, 2))
+    assert {j.cfg.arch.name for j in jobs} == {"mlp_1x500_tanh"}
+
+
 def test_an_epoch_cap_cuts_every_cell_to_the_budget_that_fits_and_lifts_to_the_papers(tmp_path):
     """repro_cafo_cifar10 runs the comparison's CIFAR cells at 15 epochs: the cap survives the
     paper files (which set their own epochs), lowers each job's budget and the config its record
