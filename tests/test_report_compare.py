@@ -275,3 +275,27 @@ def test_a_report_lists_only_the_variants_its_runs_cover(tmp_path, monkeypatch):
     assert "(AdamW; best val)" in table and "SGD" not in table
     report.main([str(folder), "--no-pdf", "--all-figures", "--out", str(tmp_path / "all")])
     assert "(SGD; best val)" in (tmp_path / "all" / "reproduction.md").read_text()
+
+
+def test_a_reproductions_seeds_on_two_machines_pool_into_one_row_costs_stay_apart():
+    """A paper's figure is compared with all of an experiment's seeds, wherever each ran (accuracy
+    belongs to the method and the seed); the machine column names each machine's seeds. Costs stay
+    per machine, and a seed run on both machines keeps the rows apart (it would count twice)."""
+    figure = {"method": "mf", "arch": "mlp", "dataset": "mnist", "test_accuracy": 0.975, "tolerance": 0.005,
+              "source": "x", "protocol": "best_val"}
+    laptop = [r for r in cell(CPU, "repro", 10.0, 50.0, mf_accs=(0.970, 0.972, 0.0)) if r["seed"] in (1, 2)]
+    gpu = [r for r in cell(GPU, "repro", 1.0, 4.0, mf_accs=(0.0, 0.0, 0.980)) if r["seed"] == 3]
+    rows = numbers.summarise(laptop + gpu)
+    assert len([r for r in rows if r.method == "mf"]) == 2  # the cost rows: one per machine
+    [pooled] = numbers.reproduction(rows, [figure])
+    assert pooled["n"] == 3 and pooled["seeds"] == "1 2 3"
+    assert pooled["ours"] == pytest.approx((0.970 + 0.972 + 0.980) / 3)
+    assert pooled["machine"] == "Test CPU, 2 threads (CPU): seeds 1 2; Test GPU (GPU): seed 3"
+    # Seed 3 also on the laptop: the two machines' rows are not pooled.
+    again = [r for r in cell(CPU, "repro", 10.0, 50.0, mf_accs=(0.0, 0.0, 0.974)) if r["seed"] == 3 and r["method"] == "mf"]
+    apart = numbers.reproduction(numbers.summarise(laptop + gpu + again), [figure])
+    assert sorted(r["n"] for r in apart) == [1, 3]
+    assert {r["machine"] for r in apart} == {"Test CPU, 2 threads (CPU)", "Test GPU (GPU)"}
+    # Another experiment's seeds are never pooled in.
+    other = [{**r, "experiment": "other"} for r in gpu]
+    assert sorted(r["n"] for r in numbers.reproduction(numbers.summarise(laptop + other), [figure])) == [1, 2]

@@ -20,6 +20,9 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
+    # A fixed salt for the SVGs' element ids (random by default), so that a report regenerated from
+    # the same records is the same file, and a committed report's diff shows only what changed.
+    matplotlib.rcParams["svg.hashsalt"] = "bpfree-bench"
     import matplotlib.pyplot as plt
 
     return plt
@@ -49,7 +52,7 @@ class Figures:
         plt = _plt()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        fig.savefig(self.out / f"{name}.svg", bbox_inches="tight")
+        fig.savefig(self.out / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})  # no timestamp: see _plt
         (self.out / f"{name}.png").write_bytes(buf.getvalue())
         plt.close(fig)
         self.items.append({"name": name, "caption": caption, "data": base64.b64encode(buf.getvalue()).decode()})

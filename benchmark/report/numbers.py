@@ -229,17 +229,21 @@ class Row:
     runs: list = field(default_factory=list, repr=False)  # the completed runs behind the row
 
 
-def summarise(runs: list[dict]) -> list[Row]:
+def summarise(runs: list[dict], pool_machines: bool = False) -> list[Row]:
     """One row per dataset x arch x method x experiment x machine (a merged report keeps each
-    experiment's and each machine's runs apart), in the report's one order (`method_rank`)."""
+    experiment's and each machine's runs apart), in the report's one order (`method_rank`).
+    With `pool_machines`, one row per dataset x arch x method x experiment whatever the machines
+    (for accuracy only: see `pooled_across_machines`), its `machine` naming each one's seeds."""
     rows = []
     frame = pd.DataFrame([{"dataset": r["dataset"], "arch": r["arch"], "method": r["method"],
-                           "experiment": r.get("experiment", ""), "machine": machine_of(r), "r": r} for r in runs])
+                           "experiment": r.get("experiment", ""), "machine": "" if pool_machines else machine_of(r),
+                           "r": r} for r in runs])
     if frame.empty:
         return rows
     keys = ["dataset", "arch", "method", "experiment", "machine"]
     for (dataset, arch, method, experiment, machine), group in frame.groupby(keys, sort=True):
         recs = [r for r in group["r"] if r["status"] == "completed"]
+        machine = machine or machines_with_seeds(recs)
         accs = [r["metrics"]["test_accuracy"] for r in recs if r["metrics"].get("test_accuracy") is not None]
         acc, ci, n = mean_ci95(accs)
         values = {}
@@ -251,6 +255,36 @@ def summarise(runs: list[dict]) -> list[Row]:
         rows.append(Row(dataset, arch, method, n, acc, ci, values, [r["seed"] for r in recs], accs, convergence(recs),
                         experiment, machine, recs))
     return sorted(rows, key=lambda r: (r.dataset, natural(r.arch), method_rank(r.method), r.experiment, r.machine))
+
+
+def machines_with_seeds(runs: list[dict]) -> str:
+    """The machine the runs ran on; where they ran on several, each with its seeds."""
+    seeds: dict[str, list] = {}
+    for r in runs:
+        seeds.setdefault(machine_of(r), []).append(r["seed"])
+    if len(seeds) == 1:
+        return next(iter(seeds))
+    return "; ".join(f"{m}: seed{'s' if len(s) > 1 else ''} {' '.join(map(str, sorted(s)))}"
+                     for m, s in sorted(seeds.items()))
+
+
+def pooled_across_machines(rows: list[Row]) -> list[Row]:
+    """A reproduction's accuracy belongs to the method and the seed, not to the machine: the rows
+    of one cell (dataset x arch x method x experiment) whose seeds ran on different machines are
+    pooled into one, so a paper's figure is compared with all its seeds at once. Where a seed ran
+    on two machines, the cell's rows stay apart (pooled, that seed would count twice). Costs are
+    never pooled: every cost table and ratio keeps one row per machine."""
+    cells: dict[tuple, list[Row]] = {}
+    for row in rows:
+        cells.setdefault((row.dataset, row.arch, row.method, row.experiment), []).append(row)
+    out = []
+    for group in cells.values():
+        seeds = [s for row in group for s in row.seeds]
+        if len(group) > 1 and len(seeds) == len(set(seeds)):
+            out += summarise([run for row in group for run in row.runs], pool_machines=True)
+        else:
+            out += group
+    return out
 
 
 def baseline_for(rows: list[Row], row: Row) -> Row | None:
@@ -459,7 +493,9 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
     had (offline here: `cifar10_jpeg` for CIFAR-10). Runs on it are shown beside the figure, on a
     row of their own that says so, and get no verdict: their data is not the paper's.
     A figure whose value is not held (`test_accuracy: null`, with `not_held` saying why) still gets
-    its row: ours read both ways at the paper's settings, and no verdict."""
+    its row: ours read both ways at the paper's settings, and no verdict.
+    One row per experiment: seeds of one experiment run on different machines are pooled
+    (`pooled_across_machines`), the machine column naming each machine's seeds."""
     out = []
     for ref in references:
         theirs, tol = ref["test_accuracy"], ref.get("tolerance", 0.01)
@@ -469,6 +505,7 @@ def reproduction(rows: list[Row], references: list[dict]) -> list[dict]:
         if ref.get("hp"):  # a paper's variant (e.g. its SGD run): only the runs with those settings
             matches = summarise([run for row in matches for run in row.runs if hp_matches(run, ref["hp"])])
             ref = {**ref, "hp": ", ".join(f"{key}={value}" for key, value in ref["hp"].items())}  # as the CSV shows it
+        matches = pooled_across_machines(matches)
         if not matches or all(math.isnan(r.acc) for r in matches):
             out.append({**ref, "protocol": protocol, "ours": None, "ours_ci": None, "ours_protocol": None, "n": 0,
                         "epochs": None, "paper_epochs": ref.get("epochs"), "machine": None, "experiment": None,
