@@ -20,8 +20,9 @@ a linear head. Presets live in configs/arch/*.yaml.
 - `gcn`, `sage`: graph networks for node classification (torch_geometric): per width a block
   GCNConv (Kipf & Welling 2017) or GraphSAGE's mean-aggregation SAGEConv (Hamilton et al. 2017),
   then ReLU, as the ForwardGNN code's layers. A graph block takes (node features, edges) and
-  returns every node's new features; the end-to-end head is a linear layer on the last block's
-  node features (so BP and the forward methods share the same message-passing depth).
+  returns every node's new features. The end-to-end head (`head`) is a linear layer on the last
+  block's node features (default), or `graph`: one more graph layer to the classes, no activation,
+  torch_geometric's GCN/GraphSAGE with out_channels = the classes (the ForwardGNN code's BP).
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class Blocks:
     out_shapes: list[tuple[int, ...]]  # shape of each block's output, batch dimension left out
     pool_head: bool = False  # the end-to-end head averages over space before its linear layer
     graph_conv: str | None = None  # "gcn" | "sage": the blocks are graph layers, called (h, edge_index)
+    graph_head: bool = False  # the end-to-end head is one more graph layer (arch.head=graph), not a linear map
     init: str = "default"  # how the blocks were initialised: a method's head is initialised the same way
 
     def init_head(self, head: nn.Module) -> nn.Module:
@@ -234,20 +236,24 @@ class GraphBlock(nn.Module):
         return self.act(self.conv(h, edge_index))
 
 
-def gnn(input_shape: tuple[int, ...], widths: list[int], kind: str) -> Blocks:
+def gnn(input_shape: tuple[int, ...], widths: list[int], kind: str, head: str = "linear") -> Blocks:
+    """Graph blocks of `widths`. `head` is the end-to-end network's classifier (BP's): "linear", a
+    linear map of each node's last features; "graph", one more graph layer from the last width to
+    the classes with no activation, so that the network is torch_geometric's GCN / GraphSAGE with
+    num_layers = len(widths) + 1 and out_channels = the classes (the ForwardGNN code's BP)."""
     blocks, fan_in = [], int(input_shape[0])
     for width in widths:
         blocks.append(GraphBlock(kind, fan_in, width))
         fan_in = width
-    return Blocks(nn.ModuleList(blocks), [(w,) for w in widths], graph_conv=kind)
+    return Blocks(nn.ModuleList(blocks), [(w,) for w in widths], graph_conv=kind, graph_head=head == "graph")
 
 
-def gcn(input_shape: tuple[int, ...], widths: list[int]) -> Blocks:
-    return gnn(input_shape, widths, "gcn")
+def gcn(input_shape: tuple[int, ...], widths: list[int], head: str = "linear") -> Blocks:
+    return gnn(input_shape, widths, "gcn", head)
 
 
-def sage(input_shape: tuple[int, ...], widths: list[int]) -> Blocks:
-    return gnn(input_shape, widths, "sage")
+def sage(input_shape: tuple[int, ...], widths: list[int], head: str = "linear") -> Blocks:
+    return gnn(input_shape, widths, "sage", head)
 
 
 ARCHS = {"mlp": mlp, "cnn": cnn, "lenet": lenet, "resnet": resnet, "gcn": gcn, "sage": sage}
@@ -298,6 +304,7 @@ class GNNSchema:
     name: str = field(metadata={})
     kind: str = field(metadata={})
     widths: list[int] = field(metadata={"min_items": 1, "ge": 1})
+    head: str = field(default="linear", metadata={"choices": ("linear", "graph")})  # BP's classifier: see gnn()
 
 
 SCHEMAS = {"mlp": MLPSchema, "cnn": CNNSchema, "lenet": LeNetSchema, "resnet": ResNetSchema, "gcn": GNNSchema, "sage": GNNSchema}
@@ -341,11 +348,13 @@ class Chain(nn.Module):
     def __init__(self, net: Blocks, num_classes: int, graph: Graph | None = None):
         super().__init__()
         self.blocks = net.blocks
-        self.graph = graph
+        self.graph, self.graph_head = graph, net.graph_head
         if (graph is None) != (net.graph_conv is None):
             raise ValueError("graph blocks need the graph, and only they take one")
         last = net.out_shapes[-1]
-        if net.pool_head:
+        if net.graph_head:  # the last graph layer maps to the classes itself (see gnn)
+            self.head = graph_conv(net.graph_conv, last[0], num_classes)
+        elif net.pool_head:
             self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(last[0], num_classes))
         else:
             self.head = nn.Sequential(nn.Flatten(), nn.Linear(net.out_features(len(net.blocks) - 1), num_classes))
@@ -362,4 +371,6 @@ class Chain(nn.Module):
         h, edges = self.graph.features, self.graph.edge_index
         for block in self.blocks:
             h = block(h, edges)
+        if self.graph_head:  # it passes messages over the whole graph too
+            return self.head(h, edges)[nodes]
         return self.head(h[nodes])

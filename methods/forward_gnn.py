@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import archs
+from benchmark.errors import UserError
 from benchmark.spec import Locality, Method, Phase, register
 from methods._optim import OptimizerHyper, make_optimizer
 
@@ -87,6 +88,13 @@ class ForwardGNN(Method):
 
     supported_archs = archs.GRAPH_KINDS
     locality = Locality("layer", "each graph layer has its own local loss and optimiser; its input is detached")
+
+    @classmethod
+    def check_arch(cls, arch: dict) -> None:
+        super().check_arch(arch)
+        if arch.get("head", "linear") != "linear":  # it has no end-to-end head to make a graph layer of
+            raise UserError(f"arch.head={arch['head']} is BP's classifier; {cls.name} predicts with its own rule "
+                            "from every layer's outputs", "leave arch.head at linear for the forward GNN methods")
 
     def __init__(self, arch, input_shape, num_classes, hp, device, graph: archs.Graph | None = None):
         super().__init__(arch, input_shape, num_classes, hp, device)
