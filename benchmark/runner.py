@@ -81,7 +81,7 @@ def _identity(job: Job, seed: int, hp) -> tuple:
     """What a run of `job` is: cell, seed, hyperparameters, arch, budget, stopping rule, data (split,
     augmentation, resize, normalisation)."""
     cfg = job.cfg
-    return (cell_name(cfg), seed, dict(vars(hp)), to_dict(cfg.arch),
+    return (cell_name(cfg), seed, dict(vars(hp)), recorded_arch(to_dict(cfg.arch)),
             _same_run_key(dict(vars(job.train)), to_dict(cfg.dataset), job.train.batch_size))
 
 
@@ -98,6 +98,23 @@ def recorded_hp(recorded: dict | None, hp) -> dict | None:
     return filled
 
 
+def recorded_arch(recorded: dict | None) -> dict | None:
+    """An arch (a record's, or a job's) with every setting its kind's schema has: one a record
+    predates (added to the kind later, with a default, e.g. a graph arch's `head`) is read as that
+    default, as `recorded_hp` does for hyperparameters, so adding a setting does not make finished
+    runs look new."""
+    from benchmark import archs
+
+    schema = archs.SCHEMAS.get((recorded or {}).get("kind"))
+    if schema is None:
+        return recorded
+    filled = dict(recorded)
+    for f in dataclasses.fields(schema):
+        if f.name not in filled and f.default is not dataclasses.MISSING:
+            filled[f.name] = f.default
+    return filled
+
+
 def finished_earlier(job: Job) -> dict | None:
     """A completed single run of this job already in its experiment's runs.jsonl: the same cell,
     seed, hyperparameters, arch, budget, stopping rule and data (held-out size and split, graph
@@ -110,7 +127,7 @@ def finished_earlier(job: Job) -> dict | None:
     for r in results.read_records(results.runs_file(cfg.results_dir, cfg.experiment_name)):
         if r.get("kind") == "run" and r.get("status") == "completed":
             config = r.get("config") or {}
-            got = (r.get("cell"), r.get("seed"), recorded_hp(r.get("hp"), job.hp), config.get("arch"),
+            got = (r.get("cell"), r.get("seed"), recorded_hp(r.get("hp"), job.hp), recorded_arch(config.get("arch")),
                    _same_run_key(config.get("train") or {}, config.get("dataset") or {},
                                  (config.get("train") or {}).get("batch_size") if named_batch is not None else None))
             if got == want:

@@ -205,6 +205,16 @@ def test_other_data_of_the_same_dataset_is_another_run(tmp_path):
     assert runner.checkpointer(reflect, 0, reflect.hp).path != runner.checkpointer(same, 0, same.hp).path
 
 
+def test_an_arch_setting_added_later_reads_as_its_default_in_older_records():
+    """A record written before an arch kind gained a setting (a graph arch's `head`) is the run a
+    job at that setting's default would make; a record at another value is another run."""
+    old = {"name": "gcn", "kind": "gcn", "widths": [128, 128, 128, 128]}
+    assert runner.recorded_arch(old) == {**old, "head": "linear"}
+    assert runner.recorded_arch({**old, "head": "graph"})["head"] == "graph"
+    assert runner.recorded_arch({"name": "x", "kind": "not-a-kind"}) == {"name": "x", "kind": "not-a-kind"}
+    assert runner.recorded_arch(None) is None
+
+
 @pytest.mark.parametrize("experiment", REPROS)
 def test_every_committed_record_is_a_run_its_experiment_would_keep(experiment, tmp_path):
     """`make repro` resumes from the committed records: each completed run in docs/reproduction is
