@@ -20,9 +20,10 @@ a linear head. Presets live in configs/arch/*.yaml.
 - `gcn`, `sage`: graph networks for node classification (torch_geometric): per width a block
   GCNConv (Kipf & Welling 2017) or GraphSAGE's mean-aggregation SAGEConv (Hamilton et al. 2017),
   then ReLU, as the ForwardGNN code's layers. A graph block takes (node features, edges) and
-  returns every node's new features. The end-to-end head (`head`) is a linear layer on the last
-  block's node features (default), or `graph`: one more graph layer to the classes, no activation,
-  torch_geometric's GCN/GraphSAGE with out_channels = the classes (the ForwardGNN code's BP).
+  returns every node's new features. The end-to-end network's head (`head`): `graph` (the archs'
+  default), its last graph layer maps to the classes, no activation: torch_geometric's
+  GCN/GraphSAGE with num_layers = len(widths) and out_channels = the classes, the ForwardGNN
+  code's BP; or `linear`, every width's layer and then a linear layer on the node features.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class Blocks:
     out_shapes: list[tuple[int, ...]]  # shape of each block's output, batch dimension left out
     pool_head: bool = False  # the end-to-end head averages over space before its linear layer
     graph_conv: str | None = None  # "gcn" | "sage": the blocks are graph layers, called (h, edge_index)
-    graph_head: bool = False  # the end-to-end head is one more graph layer (arch.head=graph), not a linear map
+    graph_head: bool = False  # the end-to-end network's last graph layer outputs the classes (arch.head=graph)
     init: str = "default"  # how the blocks were initialised: a method's head is initialised the same way
 
     def init_head(self, head: nn.Module) -> nn.Module:
@@ -237,10 +238,12 @@ class GraphBlock(nn.Module):
 
 
 def gnn(input_shape: tuple[int, ...], widths: list[int], kind: str, head: str = "linear") -> Blocks:
-    """Graph blocks of `widths`. `head` is the end-to-end network's classifier (BP's): "linear", a
-    linear map of each node's last features; "graph", one more graph layer from the last width to
-    the classes with no activation, so that the network is torch_geometric's GCN / GraphSAGE with
-    num_layers = len(widths) + 1 and out_channels = the classes (the ForwardGNN code's BP)."""
+    """Graph blocks of `widths`: the layers the forward GNN methods train, one per width. `head`
+    is how the end-to-end network (BP's, `Chain`) classifies: "graph", its last graph layer maps
+    to the classes instead of to widths[-1], with no activation after it, so that the network is
+    torch_geometric's GCN / GraphSAGE with num_layers = len(widths) and out_channels = the classes
+    (the ForwardGNN code's BP: the same number of graph layers as the forward methods); "linear",
+    all len(widths) layers, then a linear map of each node's last features."""
     blocks, fan_in = [], int(input_shape[0])
     for width in widths:
         blocks.append(GraphBlock(kind, fan_in, width))
@@ -352,8 +355,9 @@ class Chain(nn.Module):
         if (graph is None) != (net.graph_conv is None):
             raise ValueError("graph blocks need the graph, and only they take one")
         last = net.out_shapes[-1]
-        if net.graph_head:  # the last graph layer maps to the classes itself (see gnn)
-            self.head = graph_conv(net.graph_conv, last[0], num_classes)
+        if net.graph_head:  # the last graph layer maps to the classes itself, in place of its width (see gnn)
+            self.blocks = net.blocks[:-1]
+            self.head = graph_conv(net.graph_conv, net.blocks[-1].conv.in_channels, num_classes)
         elif net.pool_head:
             self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(last[0], num_classes))
         else:

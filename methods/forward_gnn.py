@@ -7,8 +7,8 @@ Networks", ICLR 2024; reference code facebookresearch/forwardgnn (src/forward_le
 gnn_ff_with_label_appending.py, gnn_sf.py, gnn_top2loss_sf.py; loss.py; train_forward.py), read
 for the details below.
 
-`fgnn_ff` and `fgnn_sf` train a stack of graph layers (the arch's GCNConv or SAGEConv + ReLU, each fed the previous
-layer's output L2-normalised per node) one layer at a time, each with its own Adam optimiser and
+`fgnn_ff` and `fgnn_sf` train a stack of graph layers (the arch's GCNConv or SAGEConv + ReLU, one per
+width, each fed the previous layer's output L2-normalised per node; `arch.head` is BP's and unused here) one layer at a time, each with its own Adam optimiser and
 its own early stopping on validation accuracy: layer k trains while layers < k are frozen and
 their output is a constant input. No gradient crosses a layer (the audit checks it).
 
@@ -67,7 +67,6 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import archs
-from benchmark.errors import UserError
 from benchmark.spec import Locality, Method, Phase, register
 from methods._optim import OptimizerHyper, make_optimizer
 
@@ -88,13 +87,6 @@ class ForwardGNN(Method):
 
     supported_archs = archs.GRAPH_KINDS
     locality = Locality("layer", "each graph layer has its own local loss and optimiser; its input is detached")
-
-    @classmethod
-    def check_arch(cls, arch: dict) -> None:
-        super().check_arch(arch)
-        if arch.get("head", "linear") != "linear":  # it has no end-to-end head to make a graph layer of
-            raise UserError(f"arch.head={arch['head']} is BP's classifier; {cls.name} predicts with its own rule "
-                            "from every layer's outputs", "leave arch.head at linear for the forward GNN methods")
 
     def __init__(self, arch, input_shape, num_classes, hp, device, graph: archs.Graph | None = None):
         super().__init__(arch, input_shape, num_classes, hp, device)

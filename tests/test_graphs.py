@@ -46,7 +46,6 @@ def test_cora_ml_uses_the_released_split_it_names(split):
     (["method=fgnn_sf", "arch=sage", "dataset.split=5"], "cora_ml", "dataset.split=5 is out of range"),
     (["method=fgnn_sf", "arch=gcn", "dataset.split=1"], "cora", "dataset.split=1 is out of range"),
     (["method=bp", "arch=gcn", "diagnostics.enabled=true"], "cora", "image datasets only"),
-    (["method=fgnn_sf", "arch=gcn", "arch.head=graph"], "cora", "arch.head=graph is BP's classifier"),
     (["method=bp", "arch=gcn", "arch.head=conv"], "cora", "arch.head"),
 ])
 def test_graph_mismatches_are_refused_before_training(overrides, dataset, message):
@@ -227,23 +226,31 @@ def test_prediction_runs_only_the_layer_in_training_and_equals_running_them_all(
 
 
 @pytest.mark.parametrize("kind", ["gcn", "sage"])
-def test_a_graph_head_makes_bp_the_torch_geometric_network_with_the_classes_as_its_last_layer(kind):
-    """arch.head=graph (the ForwardGNN code's BP): widths [128, 128] plus the head is
-    torch_geometric's GCN / GraphSAGE with num_layers=3 and out_channels=C, no activation after the
-    last layer: given the same weights, the same scores for every node asked for."""
+def test_bp_on_a_graph_arch_is_the_torch_geometric_network_whose_last_layer_outputs_the_classes(kind):
+    """arch.head=graph (the graph archs' default; the ForwardGNN code's BP): widths [16, 16, 16]
+    give torch_geometric's GCN / GraphSAGE with num_layers=3 and out_channels=C, no activation after
+    the last layer, so BP has as many graph layers as the forward methods train: given the same
+    weights, the same scores for every node asked for."""
     from benchmark import archs
     from torch_geometric.nn import GCN, GraphSAGE
 
     torch.manual_seed(0)
     features, edges = torch.rand(30, 12), torch.randint(0, 30, (2, 90))
     graph = archs.Graph(features, edges)
-    ours = archs.Chain(archs.build({"kind": kind, "widths": [16, 16], "head": "graph"}, (12,)), 5, graph)
+    blocks = archs.build({"kind": kind, "widths": [16, 16, 16], "head": "graph"}, (12,))
+    assert len(blocks.blocks) == 3  # what a forward method trains: one layer per width
+    ours = archs.Chain(blocks, 5, graph)
     theirs = (GCN if kind == "gcn" else GraphSAGE)(12, 16, num_layers=3, out_channels=5, dropout=0.0, act="relu")
     convs = [block.conv for block in ours.blocks] + [ours.head]
     for mine, reference in zip(convs, theirs.convs, strict=True):
         reference.load_state_dict(mine.state_dict())
     nodes = torch.tensor([3, 0, 17])
     assert torch.allclose(ours(nodes), theirs(features, edges)[nodes], atol=1e-6)
-    # The default head is a linear map of the last block's node features, one message pass fewer.
-    linear = archs.Chain(archs.build({"kind": kind, "widths": [16, 16]}, (12,)), 5, graph)
-    assert isinstance(linear.head, torch.nn.Sequential) and linear(nodes).shape == (3, 5)
+    # head=linear: every width's layer, then a linear map of the last layer's node features.
+    linear = archs.Chain(archs.build({"kind": kind, "widths": [16, 16, 16], "head": "linear"}, (12,)), 5, graph)
+    assert len(linear.blocks) == 3 and isinstance(linear.head, torch.nn.Sequential) and linear(nodes).shape == (3, 5)
+
+
+def test_the_graph_archs_give_bp_the_forward_methods_depth_by_default():
+    job = graph_job("method=bp", "arch=gcn")
+    assert job.cfg.arch.head == "graph" and len(job.cfg.arch.widths) == 4
