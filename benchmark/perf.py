@@ -379,10 +379,11 @@ def throughput_cells(first_arch: dict[str, str]) -> list[tuple[str, str, str]]:
     return cells
 
 
-def method_throughput(n_train: int, epochs: int = 1) -> None:
-    """Every registered method's training throughput and FLOP/s fraction of the GEMM peak: image
-    methods for `epochs` epochs of `n_train` MNIST images on their first architecture, graph methods
-    (and BP beside them, as their baseline) for GRAPH_EPOCHS full-graph epochs on Cora."""
+def method_throughput(n_train: int, epochs: int = 1, only: list[str] | None = None) -> None:
+    """Every registered method's (or those in `only`) training throughput and FLOP/s fraction of the
+    GEMM peak: image methods for `epochs` epochs of `n_train` MNIST images on their first
+    architecture, graph methods (and BP beside them, as their baseline) for GRAPH_EPOCHS full-graph
+    epochs on Cora."""
     from benchmark import spec as methods
 
     peak = matmul_peak()
@@ -394,7 +395,8 @@ def method_throughput(n_train: int, epochs: int = 1) -> None:
     images = images.to(DEVICE)
     cora = cora_or_none()
     graph = cora.to(DEVICE) if cora is not None else None
-    for label, name, arch in throughput_cells({name: methods.get(name).supported_archs[0] for name in methods.names()}):
+    names = [name for name in methods.names() if only is None or name in only]
+    for label, name, arch in throughput_cells({name: methods.get(name).supported_archs[0] for name in names}):
         unit = "train nodes/s" if arch in archs.GRAPH_KINDS else "samples/s"
         if arch in archs.GRAPH_KINDS:
             if graph is None:
@@ -540,8 +542,17 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the reference comparisons")
     parser.add_argument("--overhead-epochs", type=int, default=None,
                         help="epochs per run in the overhead section, at least 2 (default 2 on a CPU, 4 on CUDA)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated methods for the methods section (default: every registered one)")
     parser.add_argument("--out", default="results/perf.csv")
     args = parser.parse_args(argv)
+    only = None if args.methods is None else [name.strip() for name in args.methods.split(",") if name.strip()]
+    if only is not None:
+        from benchmark import spec as methods
+
+        unknown = sorted(set(only) - set(methods.names()))
+        if unknown:
+            parser.error(f"unknown method(s) {', '.join(unknown)} in --methods; choose from: {', '.join(methods.names())}")
     global DEVICE
     DEVICE = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -551,7 +562,7 @@ def main(argv=None) -> None:
         "loop": lambda: section_loop(args.repeats),
         "energy": lambda: section_energy(args.repeats),
         "data": lambda: section_data(args.repeats),
-        "methods": lambda: method_throughput(args.n_train),
+        "methods": lambda: method_throughput(args.n_train, only=only),
         "reference": lambda: section_reference(args.n_train, args.epochs),
         "options": lambda: section_options(args.n_train, args.repeats),
     }

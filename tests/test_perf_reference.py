@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from benchmark import perf
@@ -123,3 +124,18 @@ def test_the_convolution_rate_counts_flops_as_the_methods_rows_do():
     with FlopCounterMode(display=False) as counter:
         conv()
     assert counter.get_total_flops() == flops
+
+
+def test_the_methods_section_can_be_limited_to_named_methods(tmp_path, capsys):
+    """`--methods` runs the methods section for those methods only (BP on the GCN joins graph ones
+    as their baseline); an unknown name is a one-line error before anything runs."""
+    import csv
+
+    out = tmp_path / "perf.csv"
+    perf.main(["--only", "methods", "--methods", "pepita", "--n-train", "256", "--device", "cpu", "--out", str(out)])
+    items = {row["item"].split(":")[0] for row in csv.DictReader(open(out)) if ":" in row["item"]}
+    assert items == {"pepita"}
+    with pytest.raises(SystemExit):
+        perf.main(["--only", "methods", "--methods", "pepita,nope", "--out", str(tmp_path / "x.csv")])
+    assert "unknown method(s) nope in --methods" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
