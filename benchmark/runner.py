@@ -85,34 +85,31 @@ def _identity(job: Job, seed: int, hp) -> tuple:
             _same_run_key(dict(vars(job.train)), to_dict(cfg.dataset), job.train.batch_size))
 
 
-def recorded_hp(recorded: dict | None, hp) -> dict | None:
-    """A record's hyperparameters as `hp`'s Hyper reads them today: a key the record predates (a
-    setting added to the method later, with a default) is read as that default, the value every
-    run had before the setting existed. So adding a setting does not make finished runs look new."""
-    if recorded is None or not dataclasses.is_dataclass(hp):
-        return recorded
+def with_defaults(recorded: dict, schema) -> dict:
+    """`recorded` with every field of the dataclass `schema` it lacks set to that field's default:
+    a setting added after the record was written is read as the value every run had before it
+    existed. So adding a setting does not make finished runs look new."""
     filled = dict(recorded)
-    for f in dataclasses.fields(hp):
+    for f in dataclasses.fields(schema):
         if f.name not in filled and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING):
             filled[f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     return filled
 
 
+def recorded_hp(recorded: dict | None, hp) -> dict | None:
+    """A record's hyperparameters as `hp`'s Hyper reads them today (`with_defaults`)."""
+    if recorded is None or not dataclasses.is_dataclass(hp):
+        return recorded
+    return with_defaults(recorded, hp)
+
+
 def recorded_arch(recorded: dict | None) -> dict | None:
-    """An arch (a record's, or a job's) with every setting its kind's schema has: one a record
-    predates (added to the kind later, with a default, e.g. a graph arch's `head`) is read as that
-    default, as `recorded_hp` does for hyperparameters, so adding a setting does not make finished
-    runs look new."""
+    """An arch (a record's, or a job's) as its kind's schema reads it today (`with_defaults`: e.g. a
+    graph arch's `head`, added later, reads as `linear` in older records)."""
     from benchmark import archs
 
     schema = archs.SCHEMAS.get((recorded or {}).get("kind"))
-    if schema is None:
-        return recorded
-    filled = dict(recorded)
-    for f in dataclasses.fields(schema):
-        if f.name not in filled and f.default is not dataclasses.MISSING:
-            filled[f.name] = f.default
-    return filled
+    return recorded if schema is None else with_defaults(recorded, schema)
 
 
 def finished_earlier(job: Job) -> dict | None:
