@@ -10,6 +10,11 @@ HOST        ?= 127.0.0.1
 SHARED_DATA ?= ../shared/data
 TEST_WORKERS ?= auto
 WORKERS     ?= 1
+# where pip finds torch: empty is PyPI's default build (CUDA-enabled on Linux); on a laptop without
+# an NVIDIA GPU, TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the CPU-only build of the
+# same versions, a far smaller download that loads no CUDA libraries (not measured here: this
+# project's machines install from a local mirror of the default build)
+TORCH_INDEX ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv data bench smoke test test-soak mutate report dashboard perf perf-overhead repro repro-report clean
@@ -21,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: these builds are the ones the project is tested with
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[test,launchers]"
 	touch $@
 

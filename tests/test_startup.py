@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmark import data as data_mod
 
@@ -81,3 +83,22 @@ def test_a_grid_composes_each_job_once_beside_its_own(monkeypatch, tmp_path):
     full, jobs = _count_full_composes(monkeypatch, argv)
     assert [job.cfg.arch.name for job in jobs] == ["mlp", "cnn"]
     assert full == 1 + len(jobs)
+
+
+def _dry_run_venv(tmp_path, *assignments):
+    """The commands `make venv` would run for a venv that does not exist yet (make -n runs nothing)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-n", "venv", f"VENV={tmp_path / 'venv'}", *assignments],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if "pip install" in line and "torch==" in line]
+
+
+def test_make_venv_installs_torch_from_the_index_it_is_given(tmp_path):
+    """A laptop without an NVIDIA GPU installs PyTorch's CPU-only build of the pinned versions."""
+    index = "https://download.pytorch.org/whl/cpu"
+    (line,) = _dry_run_venv(tmp_path, f"TORCH_INDEX={index}")
+    assert "torch==2.14.1" in line and "torchvision==0.29.1" in line
+    assert line.split().count("--index-url") == 1 and line.split()[-1] == index
+    (default,) = _dry_run_venv(tmp_path)
+    assert "--index-url" not in default
