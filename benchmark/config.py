@@ -139,7 +139,7 @@ def check(cfg: DictConfig) -> Job:
     diagnostics = check_fields("diagnostics", DiagnosticsConfig, to_dict(cfg.diagnostics), "configs/config.yaml")
     dataset = check_fields("dataset", DatasetSettings, to_dict(cfg.dataset), "configs/dataset/")
     try:
-        check_data_kind(dataset, arch)
+        check_data_kind(dataset, arch, method_cls)
     except UserError as mismatch:  # e.g. a graph-only method's native arch in an image grid
         if not cfg.skip_unsupported:
             raise
@@ -180,16 +180,29 @@ def apply_epoch_cap(cfg: DictConfig) -> None:
         cfg.train.epochs = cap
 
 
-def check_data_kind(dataset: DatasetSettings, arch: dict) -> None:
-    """Graphs and images do not mix: a graph dataset needs a graph arch and the other way round."""
+def check_data_kind(dataset: DatasetSettings, arch: dict, method_cls) -> None:
+    """Graphs and images do not mix: a graph dataset needs a graph arch and the other way round.
+    Where the method itself trains only the other kind of network, the fix is another method or
+    dataset, not another arch, and the error says so."""
     from benchmark import archs
 
     on_graph, graph_arch = data_mod.is_graph(dataset.name), arch["kind"] in archs.GRAPH_KINDS
+    arch_name = arch.get("name", arch["kind"])
+    method_kinds = {kind in archs.GRAPH_KINDS for kind in method_cls.supported_archs}  # True: graph
     if on_graph and not graph_arch:
+        if True not in method_kinds:
+            graph_methods = [n for n in spec.names() if any(k in archs.GRAPH_KINDS for k in spec.get(n).supported_archs)]
+            raise UserError(f"dataset '{dataset.name}' is a graph (node classification) but arch '{arch_name}' is an "
+                            f"image network, and method '{method_cls.name}' trains image networks only",
+                            f"use an image dataset, or a graph method: {', '.join(graph_methods)}")
         raise UserError(f"dataset '{dataset.name}' is a graph (node classification) but arch "
-                        f"'{arch.get('name', arch['kind'])}' is an image network", "use arch=gcn or arch=sage")
+                        f"'{arch_name}' is an image network", "use arch=gcn or arch=sage")
     if graph_arch and not on_graph:
-        raise UserError(f"arch '{arch.get('name', arch['kind'])}' is a graph network but dataset "
+        if False not in method_kinds:
+            raise UserError(f"arch '{arch_name}' is a graph network but dataset '{dataset.name}' is images, and "
+                            f"method '{method_cls.name}' trains graph networks only",
+                            "use dataset=cora, citeseer or cora_ml, or an image method")
+        raise UserError(f"arch '{arch_name}' is a graph network but dataset "
                         f"'{dataset.name}' is images", "use dataset=cora, citeseer or cora_ml")
 
 

@@ -58,6 +58,21 @@ def test_a_graph_arch_on_images_is_refused():
         compose("method=bp", "arch=gcn", "dataset=digits")
 
 
+def test_a_method_that_trains_only_the_other_kind_is_named_with_the_fix():
+    """An image-only method on a graph (on its own image arch) is told to change method or
+    dataset, not arch, which it does not support; and a graph-only method on images likewise."""
+    with pytest.raises(UserError) as image_method:
+        graph_job("method=noprop_dt")
+    message = str(image_method.value)
+    assert "'noprop_dt' trains image networks only" in message
+    assert "graph method: " in message and "fgnn_sf" in message and "bp" in message and "noprop_dt, " not in message
+    with pytest.raises(UserError, match="'fgnn_ff' trains graph networks only"):
+        compose("method=fgnn_ff", "dataset=digits")
+    with pytest.raises(UserError) as both_kinds:  # BP trains both: the fix is the arch
+        graph_job("method=bp", "arch=mlp")
+    assert "trains" not in str(both_kinds.value) and "arch=gcn or arch=sage" in str(both_kinds.value)
+
+
 def test_a_grid_skips_a_graph_method_on_images_and_says_why(tmp_path):
     """In a grid (skip_unsupported), a graph-only method's cell on an image dataset is skipped
     with the reason, the other cells run; a single run is refused."""
