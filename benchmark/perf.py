@@ -533,6 +533,33 @@ def section_options(n_train: int, repeats: int) -> None:
             emit("options", f"{name}/{arch}: compile, first epoch incl. compiling", first_epoch["compile"], "s", note)
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a bad number or an unwritable --out in one line before minutes of measuring."""
+    floors = {"--repeats": (args.repeats, 1), "--n-train": (args.n_train, 1), "--epochs": (args.epochs, 1),
+              "--overhead-epochs": (args.overhead_epochs, 2)}
+    for flag, (value, floor) in floors.items():
+        if value is not None and value < floor:
+            parser.error(f"{flag} {value} must be at least {floor}")
+    from benchmark.config import check_writable
+    from benchmark.errors import UserError
+
+    try:
+        check_writable(Path(args.out).parent)
+    except UserError:
+        parser.error(f"--out {args.out}: its folder is not writable; give a path in a writable folder")
+
+
+def resolved_device(parser: argparse.ArgumentParser, spec: str) -> torch.device:
+    """--device as a run's `device=` is read (auto: CUDA if present), its errors as one line."""
+    from benchmark.config import resolve_device
+    from benchmark.errors import UserError
+
+    try:
+        return resolve_device(spec)
+    except UserError as err:
+        parser.error(f"--device: {err.args[0]}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("overhead", "loop", "energy", "data", "methods", "reference", "options"))
@@ -546,6 +573,7 @@ def main(argv=None) -> None:
                         help="comma-separated methods for the methods section (default: every registered one)")
     parser.add_argument("--out", default="results/perf.csv")
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     only = None if args.methods is None else [name.strip() for name in args.methods.split(",") if name.strip()]
     if only is not None:
         from benchmark import spec as methods
@@ -554,8 +582,7 @@ def main(argv=None) -> None:
         if unknown:
             parser.error(f"unknown method(s) {', '.join(unknown)} in --methods; choose from: {', '.join(methods.names())}")
     global DEVICE
-    DEVICE = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    DEVICE = resolved_device(parser, args.device)
     print(f"{'section':10s} {'item':58s} {'value':>12s} {'unit':10s} note")
     sections = {
         "overhead": lambda: section_overhead(args.repeats, args.overhead_epochs or (4 if DEVICE.type == "cuda" else 2)),

@@ -139,3 +139,28 @@ def test_the_methods_section_can_be_limited_to_named_methods(tmp_path, capsys):
         perf.main(["--only", "methods", "--methods", "pepita,nope", "--out", str(tmp_path / "x.csv")])
     assert "unknown method(s) nope in --methods" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--device", "tpu"], "--device: device='tpu' is not a device"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "--device: device=cuda"),
+    (["--repeats", "0"], "--repeats 0 must be at least 1"),
+    (["--n-train", "-5"], "--n-train -5 must be at least 1"),
+    (["--overhead-epochs", "1"], "--overhead-epochs 1 must be at least 2"),
+])
+def test_bad_arguments_are_one_line_before_anything_is_measured(arguments, message, tmp_path, capsys):
+    out, rows_before = tmp_path / "perf.csv", len(perf.ROWS)
+    with pytest.raises(SystemExit) as stop:
+        perf.main([*arguments, "--out", str(out)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists() and len(perf.ROWS) == rows_before
+
+
+def test_an_unwritable_out_is_refused_before_anything_is_measured(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        perf.main(["--out", str(blocker / "perf.csv")])
+    assert stop.value.code == 2 and "its folder is not writable" in capsys.readouterr().err
