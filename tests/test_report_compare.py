@@ -87,6 +87,26 @@ def test_a_missing_folder_is_one_clear_error(tmp_path, capsys):
     assert "nope is not a results folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad, message", [
+    (["--target-fraction", "1.5"], "target fraction 1.5 is not a fraction"),
+    (["--target-fraction", "0"], "target fraction 0.0 is not a fraction"),
+    (["--out", "{blocker}/out"], "cannot be made"),
+])
+def test_a_bad_option_is_one_clear_error_and_writes_nothing(bad, message, tmp_path, capsys):
+    write(tmp_path / "a", cell(CPU, "a", 100.0, 50.0))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    options = [option.format(blocker=blocker) for option in bad]
+    if "--out" not in options:
+        options += ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        report.main([str(tmp_path / "a"), "--no-pdf", *options])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_one_colour_per_method_in_a_stable_order():
     assert method_colour("bp") == method_colour("bp")
     colours = {m: method_colour(m) for m in ("bp", "ff", "mf", "cafo_rand", "pepita", "bp_checkpoint")}

@@ -38,6 +38,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark import results
+from benchmark.errors import UserError
 from benchmark.storage import redact
 from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_alignment, plot_cost_to_target, plot_costs,
                                       plot_depth_scaling, plot_learning_curves, plot_optuna, plot_probes, plot_profiles)
@@ -70,8 +71,6 @@ def find_storage(run_dir: Path, records: list[dict]) -> str | None:
 def read_folders(run_dirs: list[Path]) -> list[dict]:
     """Every record of every folder (its runs.jsonl, or runs.jsonl.gz), each folder's runs marked
     with the experiment they belong to."""
-    from benchmark.errors import UserError
-
     records = []
     for run_dir in run_dirs:
         if not run_dir.is_dir():
@@ -91,12 +90,19 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
     of such folders to merge). The reproduction table holds the published figures of the cells
     run; with `all_figures`, every published figure, those without runs marked "not run" (the
     published reproduction: a reader sees what has not been reproduced, not only what has)."""
+    if not 0 < target_fraction <= 1:
+        raise UserError(f"target fraction {target_fraction} is not a fraction of the best accuracy",
+                        "give a value in (0, 1], e.g. --target-fraction 0.95")
     run_dirs = [Path(d) for d in (run_dir if isinstance(run_dir, (list, tuple)) else [run_dir])]
     records = read_folders(run_dirs)
     names = list(dict.fromkeys(r["experiment"] for r in records))
     experiment = names[0] if len(names) == 1 else " + ".join(names)
     out = Path(out) if out else Path("reports") / (names[0] if len(names) == 1 else "compare-" + "-".join(names))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"report folder {out} cannot be made ({err.strerror or err})",
+                        "give --out a folder that can be written") from None
     if references is None:
         def covered(figure: dict) -> bool:  # some run is of the figure's cell (and variant, where it names one)
             return any((r.get("method"), r.get("arch"), r.get("dataset")) == (figure["method"], figure["arch"], figure["dataset"])
@@ -170,8 +176,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all-figures", action="store_true", help="list every published figure in the "
                         "reproduction table, those without runs as 'not run' (make repro-report)")
     args = parser.parse_args(argv)
-    from benchmark.errors import UserError
-
     try:
         out = build(args.run_dir if len(args.run_dir) > 1 else args.run_dir[0], args.out, target_fraction=args.target_fraction, pdf=not args.no_pdf,
                     all_figures=args.all_figures)
