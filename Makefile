@@ -71,9 +71,8 @@ repro-report: venv ## regenerate the published reproduction report from the comm
 report: venv ## render reports/$(EXPERIMENT)/ from $(RESULTS)/$(EXPERIMENT)
 	$(PY) -m benchmark.report $(RESULTS)/$(EXPERIMENT)
 
-dashboard: venv ## optuna-dashboard on the experiment's study storage, bound to $(HOST)
-	@echo "Optuna dashboard: http://$(HOST):$(PORT)  (storage $(RESULTS)/$(EXPERIMENT)/optuna.db)"
-	$(VENV)/bin/optuna-dashboard --host $(HOST) --port $(PORT) sqlite:///$(abspath $(RESULTS)/$(EXPERIMENT)/optuna.db)
+dashboard: venv ## optuna-dashboard on the study the experiment was tuned in (SQLite, journal or server), bound to $(HOST)
+	$(PY) -m benchmark.dashboard $(RESULTS)/$(EXPERIMENT) --host $(HOST) --port $(PORT)
 
 perf: venv ## speed benchmark: harness vs bare loop vs DataLoader, per-method throughput
 	BPFREE_DATA=$(DATA) $(PY) -m benchmark.perf --out $(RESULTS)/perf.csv

@@ -66,6 +66,17 @@ def storage_spec(cfg) -> str:
     return str(spec)
 
 
+def recorded_storage(run_dir: Path, records: list[dict]) -> str | None:
+    """The storage spec of the study an experiment's records were tuned in (its SQLite file
+    beside them when the records name none), or None when it had no study. A server URL comes
+    back without its password, as the records hold it."""
+    specs = {(r.get("trial") or {}).get("storage") for r in records} - {None}
+    if specs:
+        return sorted(specs)[0]
+    db = run_dir / "optuna.db"
+    return f"sqlite:///{db.resolve()}" if db.exists() else None
+
+
 def open_storage(spec: str):
     """An Optuna storage from a spec: sqlite:///file (default), journal:<file>, or any SQLAlchemy URL."""
     import optuna
@@ -90,10 +101,11 @@ def open_storage(spec: str):
             time.sleep(0.5 + random.random())
 
 
-def check_reachable(spec: str) -> None:
-    """Open the storage once before anything trains; a one-line UserError if it cannot be."""
+def check_reachable(spec: str):
+    """Open the storage once before anything trains (or a dashboard starts), and return it; a
+    one-line UserError if it cannot be."""
     try:
-        open_storage(spec)
+        return open_storage(spec)
     except Exception as err:  # noqa: BLE001 - a driver's many error types all mean the same here
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise UserError(redact(f"tuning.storage {spec!r} is unreachable ({first})"), "start the database or fix the URL") from None

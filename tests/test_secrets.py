@@ -95,6 +95,18 @@ def test_no_output_of_a_tuned_run_holds_the_storage_password(tmp_path, server_wi
     page = (report_dir / "index.html").read_text()
     assert f"alice@127.0.0.1:{port}" in page  # the storage is still named, only without its password
     assert "study not readable" not in page  # and the report read the study through PGPASSWORD
+    # The dashboard opens the same study through PGPASSWORD (its server stubbed: no port is bound).
+    import optuna
+    import optuna_dashboard
+
+    from benchmark import dashboard
+
+    served = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PGPASSWORD", password)
+        patch.setattr(optuna_dashboard, "run_server", lambda storage, host, port: served.update(storage=storage))
+        dashboard.main([str(results_dir / "pw")])
+        assert [s.study_name for s in optuna.get_all_study_summaries(served["storage"])]
     # A server that is down: the one-line error names the storage without its password.
     down_url = f"postgresql+psycopg://alice:{password}@127.0.0.1:1/postgres"
     down = run_cli("method=bp", "dataset=digits", "mode=tune", f"tuning.storage={down_url}",

@@ -39,7 +39,7 @@ import pandas as pd
 
 from benchmark import results
 from benchmark.errors import UserError
-from benchmark.storage import redact
+from benchmark.storage import recorded_storage, redact
 from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_alignment, plot_cost_to_target, plot_costs,
                                       plot_depth_scaling, plot_learning_curves, plot_optuna, plot_probes, plot_profiles)
 from benchmark.report.numbers import (TARGET_FRACTION, alignment_table, hp_matches, budget_summary, cost_to_target, costs_display, fixed_targets,
@@ -58,14 +58,6 @@ def published_figures() -> list[dict]:
 
     path = CONFIG_DIR / "published.yaml"
     return OmegaConf.to_container(OmegaConf.load(path))["figures"] if path.exists() else []
-
-
-def find_storage(run_dir: Path, records: list[dict]) -> str | None:
-    specs = {(r.get("trial") or {}).get("storage") for r in records} - {None}
-    if specs:
-        return sorted(specs)[0]
-    db = run_dir / "optuna.db"
-    return f"sqlite:///{db.resolve()}" if db.exists() else None
 
 
 def read_folders(run_dirs: list[Path]) -> list[dict]:
@@ -127,7 +119,7 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
     learning_figures = Figures(out)
     plot_alignment(runs, learning_figures)
     plot_probes(learning["probes"], learning_figures)
-    storage = find_storage(run_dirs[0], records)
+    storage = recorded_storage(run_dirs[0], records)
     studies = sorted({(r.get("trial") or {}).get("study") for r in records} - {None})
     optuna_notes = plot_optuna(storage, studies, figs)
     summary = summary_table(rows)
