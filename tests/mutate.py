@@ -203,6 +203,15 @@ DEFECTS = [
     Defect("cafo_cache_budget_ignored", "resources", "methods/cafo.py",
            "            if row_items[i] * itemsize * len(x) <= budget_bytes:", "            if True:",
            "CaFo's feature cache grows past its memory budget"),
+    Defect("fgnn_layer_input_not_detached", "methods/locality", "methods/forward_gnn.py",
+           "self.layer(k, self.states[k].detach(), self.edges)", "self.layer(k, self.states[k], self.edges)",
+           "SF-Top2Loss's layer input not detached: a layer's loss reaches the layers below it"),
+    Defect("bp_graph_head_ignored", "archs/graph", "benchmark/archs.py",
+           'graph_conv=kind, graph_head=head == "graph")', 'graph_conv=kind, graph_head=False)',
+           "BP on a graph arch ends in a linear head whatever arch.head says (not the reference's GCN)"),
+    Defect("pooled_seed_counted_twice", "report/statistics", "benchmark/report/numbers.py",
+           "if len(group) > 1 and len(seeds) == len(set(seeds)):", "if len(group) > 1:",
+           "a seed run on two machines counts twice in a pooled reproduction row"),
 ]
 
 
