@@ -188,9 +188,10 @@ def check_data_kind(dataset: DatasetSettings, arch: dict, method_cls) -> None:
 
     on_graph, graph_arch = data_mod.is_graph(dataset.name), arch["kind"] in archs.GRAPH_KINDS
     arch_name = arch.get("name", arch["kind"])
-    method_kinds = {kind in archs.GRAPH_KINDS for kind in method_cls.supported_archs}  # True: graph
+    trains_graphs = any(kind in archs.GRAPH_KINDS for kind in method_cls.supported_archs)
+    trains_images = any(kind not in archs.GRAPH_KINDS for kind in method_cls.supported_archs)
     if on_graph and not graph_arch:
-        if True not in method_kinds:
+        if not trains_graphs:
             graph_methods = [n for n in spec.names() if any(k in archs.GRAPH_KINDS for k in spec.get(n).supported_archs)]
             raise UserError(f"dataset '{dataset.name}' is a graph (node classification) but arch '{arch_name}' is an "
                             f"image network, and method '{method_cls.name}' trains image networks only",
@@ -198,7 +199,7 @@ def check_data_kind(dataset: DatasetSettings, arch: dict, method_cls) -> None:
         raise UserError(f"dataset '{dataset.name}' is a graph (node classification) but arch "
                         f"'{arch_name}' is an image network", "use arch=gcn or arch=sage")
     if graph_arch and not on_graph:
-        if False not in method_kinds:
+        if not trains_images:
             raise UserError(f"arch '{arch_name}' is a graph network but dataset '{dataset.name}' is images, and "
                             f"method '{method_cls.name}' trains graph networks only",
                             "use dataset=cora, citeseer or cora_ml, or an image method")
