@@ -533,8 +533,9 @@ def section_options(n_train: int, repeats: int) -> None:
             emit("options", f"{name}/{arch}: compile, first epoch incl. compiling", first_epoch["compile"], "s", note)
 
 
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse a bad number or an unwritable --out in one line before minutes of measuring."""
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str] | None:
+    """Refuse a bad number, an unknown method or an unwritable --out in one line before minutes of
+    measuring. Returns the methods --methods names (None: every registered one)."""
     floors = {"--repeats": (args.repeats, 1), "--n-train": (args.n_train, 1), "--epochs": (args.epochs, 1),
               "--overhead-epochs": (args.overhead_epochs, 2)}
     for flag, (value, floor) in floors.items():
@@ -543,10 +544,18 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     from benchmark.config import check_writable
     from benchmark.errors import UserError
 
+    only = None if args.methods is None else [name.strip() for name in args.methods.split(",") if name.strip()]
+    if only is not None:
+        from benchmark import spec as methods
+
+        unknown = sorted(set(only) - set(methods.names()))
+        if unknown:
+            parser.error(f"unknown method(s) {', '.join(unknown)} in --methods; choose from: {', '.join(methods.names())}")
     try:
         check_writable(Path(args.out).parent)
     except UserError:
         parser.error(f"--out {args.out}: its folder is not writable; give a path in a writable folder")
+    return only
 
 
 def resolved_device(parser: argparse.ArgumentParser, spec: str) -> torch.device:
@@ -573,14 +582,7 @@ def main(argv=None) -> None:
                         help="comma-separated methods for the methods section (default: every registered one)")
     parser.add_argument("--out", default="results/perf.csv")
     args = parser.parse_args(argv)
-    check_arguments(parser, args)
-    only = None if args.methods is None else [name.strip() for name in args.methods.split(",") if name.strip()]
-    if only is not None:
-        from benchmark import spec as methods
-
-        unknown = sorted(set(only) - set(methods.names()))
-        if unknown:
-            parser.error(f"unknown method(s) {', '.join(unknown)} in --methods; choose from: {', '.join(methods.names())}")
+    only = check_arguments(parser, args)
     global DEVICE
     DEVICE = resolved_device(parser, args.device)
     print(f"{'section':10s} {'item':58s} {'value':>12s} {'unit':10s} note")
