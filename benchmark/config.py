@@ -186,13 +186,15 @@ def check_data_kind(dataset: DatasetSettings, arch: dict, method_cls) -> None:
     dataset, not another arch, and the error says so."""
     from benchmark import archs
 
+    def trains_graphs(cls) -> bool:
+        return any(kind in archs.GRAPH_KINDS for kind in cls.supported_archs)
+
     on_graph, graph_arch = data_mod.is_graph(dataset.name), arch["kind"] in archs.GRAPH_KINDS
     arch_name = arch.get("name", arch["kind"])
-    trains_graphs = any(kind in archs.GRAPH_KINDS for kind in method_cls.supported_archs)
     trains_images = any(kind not in archs.GRAPH_KINDS for kind in method_cls.supported_archs)
     if on_graph and not graph_arch:
-        if not trains_graphs:
-            graph_methods = [n for n in spec.names() if any(k in archs.GRAPH_KINDS for k in spec.get(n).supported_archs)]
+        if not trains_graphs(method_cls):
+            graph_methods = [n for n in spec.names() if trains_graphs(spec.get(n))]
             raise UserError(f"dataset '{dataset.name}' is a graph (node classification) but arch '{arch_name}' is an "
                             f"image network, and method '{method_cls.name}' trains image networks only",
                             f"use an image dataset, or a graph method: {', '.join(graph_methods)}")
