@@ -296,8 +296,8 @@ def compose(overrides: list[str], with_hydra: bool = False, config_name: str | N
 
 def _one_line(err: Exception) -> UserError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    missing = re.search(r"Could not find '(method|arch|dataset|experiment)/([^']*)'", first)
-    if missing:
+    missing = re.search(r"Could not find '(\w+)/([^']*)'", first)
+    if missing and (CONFIG_DIR / missing.group(1)).is_dir():  # any config group: method, paper, ...
         group, name = missing.groups()
         options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
         return UserError(f"unknown {group} '{name}'", f"choose one of: {', '.join(options)}")

@@ -13,6 +13,8 @@ CASES = {
     "unknown method": (["method=nope"], "method"),
     "unknown dataset": (["dataset=nope"], "dataset"),
     "unknown arch": (["arch=nope"], "arch"),
+    "unknown experiment": (["experiment=nope"], "unknown experiment 'nope'; choose one of: cafo_mnist"),
+    "unknown paper": (["experiment=repro_ff", "paper=nope"], "unknown paper 'nope'; choose one of: frenkel2021"),
     "negative learning rate": (["method.hp.lr=-0.1"], "method.hp.lr"),
     "zero batch size": (["train.batch_size=0"], "train.batch_size"),
     "negative patience": (["train.patience=-1"], "train.patience"),
