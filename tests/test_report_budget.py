@@ -163,6 +163,32 @@ def test_cost_to_target_figure_stays_a_readable_size_when_no_cell_reaches_its_ta
     assert width <= 2000 and height <= 2000, (width, height)
 
 
+def test_learning_curves_get_a_panel_per_arch_and_never_average_one_method_across_experiments(tmp_path, monkeypatch):
+    """A reproduction holds tens of method x arch pairs: one panel each per arch, and FF run with
+    AdamW (repro_ff) and with SGD (repro_ff_sgd) on the same MLP are two lines, not one mean."""
+    from benchmark.report import figures
+
+    def run(method, arch, experiment, seed, level):
+        history = [{"epoch": e, "val_accuracy": level * (1 - 0.5 / e)} for e in range(1, 6)]
+        return {"dataset": "mnist", "method": method, "arch": arch, "experiment": experiment, "seed": seed,
+                "metrics": {"history": history}}
+
+    runs = [run("ff", "mlp_3x1000", "repro_ff", s, 0.98) for s in (0, 1)]
+    runs += [run("ff", "mlp_3x1000", "repro_ff_sgd", s, 0.90) for s in (0, 1)]
+    runs += [run("bp", "mlp_3x1000", "repro_ff", 0, 0.99), run("bp", "cnn", "repro_cafo", 0, 0.99)]
+    kept = []
+    monkeypatch.setattr(figures.Figures, "add", lambda self, fig, name, caption: kept.append(fig))
+    figures.plot_learning_curves(runs, figures.Figures(tmp_path))
+    (fig,) = kept
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.axison}
+    assert set(panels) == {"cnn", "mlp_3x1000"}
+    means = {line.get_label(): line.get_ydata() for line in panels["mlp_3x1000"].get_lines()
+             if not line.get_label().startswith("_")}
+    assert set(means) == {"bp (1 seed)", "ff (repro_ff) (2 seeds)", "ff (repro_ff_sgd) (2 seeds)"}
+    assert means["ff (repro_ff) (2 seeds)"][-1] == pytest.approx(98 * 0.9)  # not pulled towards SGD's 90 %
+    assert means["ff (repro_ff_sgd) (2 seeds)"][-1] == pytest.approx(90 * 0.9)
+
+
 def test_finals_of_a_setting_the_study_no_longer_ranks_best_are_left_out_and_named():
     """A study's best changed after its finals ran (more trials, or an unstable trial ranked last):
     the new finals re-use seeds 1-3. Pooling both would count each seed twice and mix two settings."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.report.numbers import DEPTH_COLUMNS, METRICS, Row, method_rank, pareto_front, performance_profile, val_curve
+from benchmark.report.numbers import DEPTH_COLUMNS, METRICS, Row, method_rank, natural, pareto_front, performance_profile, val_curve
 
 
 def _plt():
@@ -80,25 +80,62 @@ def plot_accuracy_vs_energy(rows: list[Row], figs: Figures) -> None:
 
 
 def plot_learning_curves(runs: list[dict], figs: Figures) -> None:
+    """One figure per dataset, one panel per architecture (small multiples: a reproduction holds
+    tens of method x arch pairs, which one panel and one legend cannot show), one colour per method.
+    Each seed is a thin line; the thick line is the mean over seeds, up to the epoch the shortest
+    seed reached (early stopping ends seeds at different epochs)."""
     plt = _plt()
     for dataset in sorted({r["dataset"] for r in runs}):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        styles = {}  # one colour per method; the arch picks the line style
-        for (method, arch) in sorted({(r["method"], r["arch"]) for r in runs if r["dataset"] == dataset},
-                                     key=lambda ma: (method_rank(ma[0]), ma[1])):
-            curves = [val_curve(r) for r in runs if r["dataset"] == dataset and r["method"] == method and r["arch"] == arch]
-            curves = [c for c in curves if c]
-            if not curves:
-                continue
-            length = min(len(c) for c in curves)
-            mean = np.mean([c[:length] for c in curves], axis=0) * 100
-            style = styles.setdefault(arch, ("-", "--", ":", "-.")[len(styles) % 4])
-            ax.plot(range(1, length + 1), mean, style, marker=".", color=method_colour(method), label=f"{method}/{arch}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation accuracy (%), mean over seeds")
-        ax.set_title(f"Learning curves: {dataset}")
-        ax.legend(fontsize=7)
-        figs.add(fig, f"learning_curves_{dataset}", f"Validation accuracy per epoch on {dataset} (final runs, mean over seeds).")
+        mine = [r for r in runs if r["dataset"] == dataset and val_curve(r)]
+        archs = sorted({r["arch"] for r in mine}, key=natural)
+        if not archs:
+            continue
+        cols = min(3, len(archs))
+        rows = math.ceil(len(archs) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.3 * rows), squeeze=False)
+        for ax in axes.flat[len(archs):]:
+            ax.set_axis_off()
+        for ax, arch in zip(axes.flat, archs):
+            _curves_panel(ax, [r for r in mine if r["arch"] == arch])
+            ax.set_title(arch, fontsize=9)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.set_ylabel("validation accuracy (%)", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.legend(fontsize=6, loc="lower right")
+        fig.suptitle(f"Learning curves: {dataset}")
+        fig.tight_layout()
+        figs.add(fig, f"learning_curves_{dataset}",
+                 f"Validation accuracy per epoch on {dataset}, one panel per architecture (final runs; thin: each seed, "
+                 "thick: mean over seeds up to the shortest seed's last epoch; a panel's y axis starts near its curves' "
+                 "lowest point after epoch 2, so a lower first epoch or two can fall below it).")
+
+
+def _curves_panel(ax, runs: list[dict]) -> None:
+    """One arch's curves: a line per method (per method and experiment where one method ran in several
+    experiments on this arch, e.g. FF with AdamW and with SGD, whose seeds must not be averaged)."""
+    experiments = {}
+    for r in runs:
+        experiments.setdefault(r["method"], set()).add(r.get("experiment", ""))
+    groups = {}
+    for r in runs:
+        split = len(experiments[r["method"]]) > 1
+        label = f"{r['method']} ({r.get('experiment', '')})" if split else r["method"]
+        groups.setdefault((method_rank(r["method"]), label, r["method"]), []).append(val_curve(r))
+    styles, seen, floor = ("-", "--", ":", "-."), {}, []
+    for (_, label, method), curves in sorted(groups.items()):
+        colour = method_colour(method)
+        seen[method] = seen.get(method, -1) + 1  # the same method's second experiment: dashed
+        style = styles[seen[method] % 4]
+        for c in curves:
+            ax.plot(range(1, len(c) + 1), np.array(c) * 100, style, color=colour, linewidth=0.6, alpha=0.35)
+        length = min(len(c) for c in curves)
+        mean = np.mean([c[:length] for c in curves], axis=0) * 100
+        ax.plot(range(1, length + 1), mean, style, color=colour, linewidth=1.8, label=f"{label} ({len(curves)} seed{'' if len(curves) == 1 else 's'})")
+        floor += [min(c[2:]) * 100 for c in curves if len(c) > 2]
+    top = max(max(c) for cs in groups.values() for c in cs) * 100
+    if floor:  # zoom on where the methods differ; the first epochs can sit tens of points lower
+        low = min(floor)
+        ax.set_ylim(low - 0.05 * max(top - low, 1.0), top + 0.05 * max(top - low, 1.0))
 
 
 def plot_costs(rows: list[Row], figs: Figures) -> None:
