@@ -155,7 +155,7 @@ def test_cost_to_target_figure_stays_a_readable_size_when_no_cell_reaches_its_ta
 
     from benchmark.report.figures import Figures, plot_cost_to_target
 
-    costs = pd.DataFrame([{"dataset": "digits", "method": f"m{i}", "arch": "mlp", "target": 0.95,
+    costs = pd.DataFrame([{"dataset": "digits", "method": f"m{i}", "arch": "mlp", "experiment": "smoke", "machine": "cpu", "target": 0.95,
                            "time_s": math.inf, "energy_j": math.nan} for i in range(22)])
     figs = Figures(tmp_path)
     plot_cost_to_target(costs, figs)
@@ -210,3 +210,29 @@ def test_finals_of_a_setting_the_study_no_longer_ranks_best_are_left_out_and_nam
     # Another machine's study of the same name is its own study: its finals are not superseded.
     elsewhere = [{**r, "environment": {"gpu_model": "NVIDIA H200"}} for r in old]
     assert len(numbers.final_runs(new + elsewhere)) == 6
+
+
+def test_bars_of_one_cell_on_two_machines_or_in_two_experiments_name_what_tells_them_apart():
+    from benchmark.report.figures import row_labels, spans_decades
+
+    labels = row_labels([("ff", "mlp", "mnist", "repro_ff", "AMD EPYC, 1 threads (CPU)"),
+                         ("ff", "mlp", "mnist", "repro_ff_sgd", "AMD EPYC, 1 threads (CPU)"),
+                         ("bp", "mlp", "mnist", "repro_ff", "AMD EPYC, 1 threads (CPU)"),
+                         ("bp", "mlp", "mnist", "repro_ff", "Intel Xeon, 1 threads (CPU)")])
+    assert labels == ["ff/mlp/mnist [repro_ff]", "ff/mlp/mnist [repro_ff_sgd]",
+                      "bp/mlp/mnist [AMD EPYC, 1 threads]", "bp/mlp/mnist [Intel Xeon, 1 threads]"]
+    assert len(set(labels)) == len(labels)
+    assert spans_decades([5.0, 4000.0, float("inf"), float("nan")]) and not spans_decades([5.0, 400.0])
+
+
+def test_cost_to_target_keeps_each_experiments_seeds_apart():
+    def run(experiment, seed, epochs_to_target):
+        history = [{"epoch": e, "val_accuracy": 0.99 if e >= epochs_to_target else 0.5, "train_seconds_cum": 10.0 * e}
+                   for e in range(1, 6)]
+        return {"dataset": "mnist", "method": "ff", "arch": "mlp", "experiment": experiment, "seed": seed,
+                "status": "completed", "environment": {}, "metrics": {"history": history}}
+
+    runs = [run("repro_ff", s, 1) for s in (0, 1)] + [run("repro_ff_sgd", s, 5) for s in (0, 1)]
+    costs = numbers.cost_to_target(runs, {"mnist": 0.95})
+    assert dict(zip(costs["experiment"], costs["time_s"])) == {"repro_ff": 10.0, "repro_ff_sgd": 50.0}
+    assert "experiment" in numbers.costs_display(costs).columns

@@ -42,6 +42,27 @@ def method_colour(method: str):
     return _plt().get_cmap(("tab20", "tab20b", "tab20c")[i // 20])(i % 20)
 
 
+def row_labels(cells: list[tuple[str, str, str, str, str]]) -> list[str]:
+    """method/arch/dataset for each (method, arch, dataset, experiment, machine) bar; where one
+    method x arch x dataset has several bars (several machines, or experiments of a merged report),
+    those name what tells them apart, or the rows look doubled."""
+    plain = [f"{m}/{a}/{d}" for m, a, d, _, _ in cells]
+    labels = []
+    for label, (_, _, _, experiment, machine) in zip(plain, cells):
+        twins = [c for p, c in zip(plain, cells) if p == label]
+        tags = [experiment] if len({c[3] for c in twins}) > 1 else []
+        tags += [machine.removesuffix(" (CPU)")] if len({c[4] for c in twins}) > 1 else []
+        labels.append(f"{label} [{'; '.join(tags)}]" if tags else label)
+    return labels
+
+
+def spans_decades(values) -> bool:
+    """Whether a bar chart needs a log axis: seconds beside hours, on a linear one the short bars vanish."""
+    positive = np.asarray(values, dtype=float)
+    positive = positive[np.isfinite(positive) & (positive > 0)]
+    return positive.size > 1 and positive.max() > 100 * positive.min()
+
+
 class Figures:
     """Saves each figure as PNG and SVG beside the report and keeps the PNG for embedding."""
 
@@ -59,24 +80,40 @@ class Figures:
 
 
 def plot_accuracy_vs_energy(rows: list[Row], figs: Figures) -> None:
+    """Test accuracy against training energy, one point per method x arch (x machine), with the
+    Pareto front. Past a dozen points the labels would overprint one another (a reproduction has
+    40 on MNIST): then only the front's points are labelled, and a legend gives each method's colour."""
+    from matplotlib.lines import Line2D
+
     plt = _plt()
     for dataset in sorted({r.dataset for r in rows}):
         pts = [(r.values["energy_train"][0], r.acc, f"{r.method}/{r.arch}", r.values["energy_train"][1], r.method)
                for r in rows if r.dataset == dataset and "energy_train" in r.values and not math.isnan(r.acc)]
         if not pts:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        crowded = len(pts) > 12
+        front = pareto_front([(p[0], p[1]) for p in pts])
+        on_front = {(e, a) for e, a in front}
+        fig, ax = plt.subplots(figsize=(8.4, 5.0) if crowded else (6.4, 4.2))
         for e, a, label, est, method in pts:
             ax.scatter(e, a * 100, marker="^" if est else "o", color=method_colour(method))
-            ax.annotate(label, (e, a * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = pareto_front([(p[0], p[1]) for p in pts])
+            if not crowded or (e, a) in on_front:
+                ax.annotate(label, (e, a * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.plot([f[0] for f in front], [f[1] * 100 for f in front], "k--", lw=1, label="Pareto front")
         ax.set_xscale("log")
         ax.set_xlabel("training energy (J, log scale; triangles: estimated)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Accuracy vs energy: {dataset}")
-        ax.legend(fontsize=7)
-        figs.add(fig, f"acc_vs_energy_{dataset}", f"Test accuracy vs training energy on {dataset}, with the Pareto front.")
+        caption = f"Test accuracy vs training energy on {dataset}, with the Pareto front."
+        if crowded:
+            methods = sorted({p[4] for p in pts}, key=method_rank)
+            handles = [Line2D([], [], marker="o", linestyle="", color=method_colour(m), label=m) for m in methods]
+            ax.legend(handles=[*handles, *ax.get_legend_handles_labels()[0]], fontsize=7,
+                      loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            caption += " Only the front's points are labelled (one point per method x architecture; the summary table names them all)."
+        else:
+            ax.legend(fontsize=7)
+        figs.add(fig, f"acc_vs_energy_{dataset}", caption)
 
 
 def plot_learning_curves(runs: list[dict], figs: Figures) -> None:
@@ -141,19 +178,23 @@ def _curves_panel(ax, runs: list[dict]) -> None:
 def plot_costs(rows: list[Row], figs: Figures) -> None:
     plt = _plt()
     keys = [m for m in METRICS if m[0] in ("energy_train", "time_train", "peak_memory", "activation_memory")]
-    labels = [f"{r.method}/{r.arch}/{r.dataset}" for r in rows]
+    labels = row_labels([(r.method, r.arch, r.dataset, r.experiment, r.machine) for r in rows])
     colours = [method_colour(r.method) for r in rows]
-    # Two panels a row, so the page keeps a readable width (four side by side were 16 inches wide).
-    n_rows = math.ceil(len(keys) / 2)
-    fig, axes = plt.subplots(n_rows, 2, figsize=(9, n_rows * max(2.6, 0.22 * len(labels) + 1)), squeeze=False)
-    for ax in axes.flat[len(keys):]:
-        ax.set_axis_off()
+    y = np.arange(len(labels))
+    # The panels side by side share one column of labels (a reproduction has 60 rows: labels
+    # repeated per panel took half of each panel's width).
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys) + 2.5, max(2.6, 0.22 * len(labels) + 1)),
+                             squeeze=False, sharey=True)
     for ax, (key, label, unit, _) in zip(axes.flat, keys):
         vals = [r.values.get(key, (np.nan,))[0] for r in rows]
-        ax.barh(labels, vals, color=colours)
-        ax.invert_yaxis()  # the table's order, top to bottom
-        ax.set_xlabel(f"{label} ({unit})")
-        ax.tick_params(axis="y", labelsize=7)
+        ax.barh(y, vals, color=colours)
+        log = spans_decades(vals)
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(f"{label}\n({unit}{', log scale' if log else ''})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].set_yticks(y, labels)
+    axes[0, 0].set_ylim(len(labels) - 0.5, -0.5)  # inverted once (the axes share it): the table's order
     fig.tight_layout()
     figs.add(fig, "costs", "Energy, training time, peak memory and activation memory (held for backward in one step) per method (mean over final seeds).")
 
@@ -162,30 +203,41 @@ def plot_cost_to_target(costs: pd.DataFrame, figs: Figures) -> None:
     if costs.empty:
         return
     plt = _plt()
-    labels = [f"{r.method}/{r.arch}/{r.dataset}" for r in costs.itertuples()]
+    labels = row_labels([(r.method, r.arch, r.dataset, r.experiment, r.machine) for r in costs.itertuples()])
+    panels = [("time_s", "training time to target (s)")]
+    caption = "Time and energy to reach the target accuracy (median over seeds)."
+    if costs["energy_j"].isna().all():  # energy only as one estimate per run: an empty panel says nothing
+        caption = ("Training time to reach the target accuracy (median over seeds); no energy panel: no run recorded "
+                   "energy per epoch (only one estimate per run).")
+    else:
+        panels.append(("energy_j", "energy to target (J)"))
     y = np.arange(len(labels))
-    fig, axes = plt.subplots(1, 2, figsize=(9, max(3.0, 0.3 * len(labels) + 1)))
-    for ax, (col, label) in zip(axes, (("time_s", "training time to target (s)"), ("energy_j", "energy to target (J)"))):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels) + 2.0, max(3.0, 0.3 * len(labels) + 1)), squeeze=False)
+    for ax, (col, label) in zip(axes.flat, panels):
         values = costs[col].to_numpy(dtype=float)
-        finite = np.isfinite(values)
-        ax.barh(y, np.where(finite, values, 0.0), color=[method_colour(m) for m in costs["method"]])
+        finite = np.isfinite(values) & (values > 0)
+        log = spans_decades(values)
+        start = values[finite].min() / 2 if log else 0.0
+        ax.barh(y, np.where(finite, values - start, 0.0), left=start, color=[method_colour(m) for m in costs["method"]])
         # Categorical rows at fixed positions and limits: with no finite value at all (every cell
         # short of its target, or energy only as one estimate per run) the axes would otherwise
         # keep a 0..1 range, and the notes below, placed at row i, would stretch the saved
         # (tight-bbox) figure to tens of thousands of pixels.
         ax.set_yticks(y, labels)
         ax.set_ylim(len(labels) - 0.5, -0.5)  # inverted: the table's order, top to bottom
-        if not finite.any():
+        if log:
+            ax.set_xscale("log")
+        elif not finite.any():
             ax.set_xlim(0, 1)
         for i, v in enumerate(values):
             if np.isinf(v):
-                ax.text(0, i, " not reached", va="center", fontsize=7, color="crimson", clip_on=True)
+                ax.text(start, i, " not reached", va="center", fontsize=7, color="crimson", clip_on=True)
             elif np.isnan(v):
-                ax.text(0, i, " one estimate per run: no per-epoch energy", va="center", fontsize=7, color="grey", clip_on=True)
-        ax.set_xlabel(label)
+                ax.text(start, i, " one estimate per run: no per-epoch energy", va="center", fontsize=7, color="grey", clip_on=True)
+        ax.set_xlabel(label + (", log scale" if log else ""))
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    figs.add(fig, "cost_to_target", "Time and energy to reach the target accuracy (median over seeds).")
+    figs.add(fig, "cost_to_target", caption)
 
 
 def plot_profiles(costs: pd.DataFrame, figs: Figures) -> None:

@@ -398,19 +398,23 @@ def fixed_targets(records: list[dict]) -> dict[str, float]:
 
 
 def cost_to_target(runs: list[dict], targets: dict) -> pd.DataFrame:
-    """Per dataset x method x arch x machine: median over its finals of time and energy to the
-    dataset's target. A workload of the profiles is a dataset on one machine."""
+    """Per dataset x method x arch x experiment x machine: median over its finals of time and
+    energy to the dataset's target (a merged report keeps each experiment's seeds apart, as the
+    summary does: FF with AdamW and with SGD are two cells). A workload of the profiles is a
+    dataset on one machine."""
+    keys = ["dataset", "method", "arch", "experiment", "machine"]
     rows = []
-    frame = pd.DataFrame([{"dataset": r["dataset"], "method": r["method"], "arch": r["arch"], "machine": machine_of(r),
+    frame = pd.DataFrame([{"dataset": r["dataset"], "method": r["method"], "arch": r["arch"],
+                           "experiment": r.get("experiment", ""), "machine": machine_of(r),
                            "r": r} for r in runs if r["status"] == "completed"])
     if frame.empty:
-        return pd.DataFrame(columns=["dataset", "method", "arch", "machine", "target", "time_s", "energy_j"])
-    for (dataset, method, arch, machine), group in frame.groupby(["dataset", "method", "arch", "machine"]):
-        costs = [to_target(r, targets[dataset]) for r in group["r"]]
-        rows.append({"dataset": dataset, "method": method, "arch": arch, "machine": machine, "target": targets[dataset],
+        return pd.DataFrame(columns=[*keys, "target", "time_s", "energy_j"])
+    for cell, group in frame.groupby(keys):
+        costs = [to_target(r, targets[cell[0]]) for r in group["r"]]
+        rows.append({**dict(zip(keys, cell)), "target": targets[cell[0]],
                      "time_s": float(np.median([c[0] for c in costs])),
                      "energy_j": float(np.median([c[1] for c in costs]))})
-    rows.sort(key=lambda c: (c["dataset"], c["arch"], method_rank(c["method"]), c["machine"]))
+    rows.sort(key=lambda c: (c["dataset"], c["arch"], method_rank(c["method"]), c["experiment"], c["machine"]))
     return pd.DataFrame(rows)
 
 
@@ -637,8 +641,11 @@ def costs_display(costs: pd.DataFrame) -> pd.DataFrame:
     """Time/energy to target as printed: units in headers, 3 significant figures, "not reached"."""
     if costs.empty:
         return costs
+    cells = {"dataset": costs["dataset"], "method": costs["method"], "arch": costs["arch"]}
+    if len(costs[["experiment", "machine"]].drop_duplicates()) > 1:  # as the summary table shows them
+        cells.update({"experiment": costs["experiment"], "machine": costs["machine"]})
     return pd.DataFrame({
-        "dataset": costs["dataset"], "method": costs["method"], "arch": costs["arch"],
+        **cells,
         "target (val acc, %)": [fmt(t * 100) for t in costs["target"]],
         "time to target (s)": [fmt_cost(v) for v in costs["time_s"]],
         "energy to target (J)": [fmt_cost(v, inf="not reached") if not math.isnan(v)
