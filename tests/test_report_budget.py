@@ -236,3 +236,17 @@ def test_cost_to_target_keeps_each_experiments_seeds_apart():
     costs = numbers.cost_to_target(runs, {"mnist": 0.95})
     assert dict(zip(costs["experiment"], costs["time_s"])) == {"repro_ff": 10.0, "repro_ff_sgd": 50.0}
     assert "experiment" in numbers.costs_display(costs).columns
+
+
+def test_a_workload_that_ran_one_method_only_counts_in_no_performance_profile():
+    import numpy as np
+    import pandas as pd
+
+    cost = lambda dataset, machine, method, t: {"dataset": dataset, "machine": machine, "method": method,
+                                                 "arch": "mlp", "experiment": "e", "time_s": t, "energy_j": np.nan}
+    costs = pd.DataFrame([cost("mnist", "A", "bp", 10.0), cost("mnist", "A", "ff", 40.0),
+                          cost("fashion_mnist", "A", "bp", 10.0), cost("fashion_mnist", "A", "ff", 5.0),
+                          cost("mnist", "B", "ff", 99.0)])  # machine B ran FF alone: it ranks nothing
+    profiles = numbers.performance_profile(costs, "time_s", np.array([1.0, 4.0]))
+    assert profiles["bp"].tolist() == [0.5, 1.0] and profiles["ff"].tolist() == [0.5, 1.0]
+    assert numbers.performance_profile(costs, "energy_j", np.array([1.0])) == {}

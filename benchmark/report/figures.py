@@ -241,22 +241,32 @@ def plot_cost_to_target(costs: pd.DataFrame, figs: Figures) -> None:
 
 
 def plot_profiles(costs: pd.DataFrame, figs: Figures) -> None:
+    """AlgoPerf-style performance profiles, a panel per cost that was measured per epoch (energy
+    is often one estimate per run: then time's panel alone, and the caption says why)."""
     plt = _plt()
     taus = np.linspace(1, 4, 61)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, (col, what) in zip(axes, (("time_s", "time"), ("energy_j", "energy"))):
-        profiles = performance_profile(costs, col, taus)
-        for method, rho in profiles.items():
-            ax.step(taus, rho, where="post", label=method, color=method_colour(method))
-        if not profiles:
-            ax.text(2.5, 0.5, f"no per-epoch {what} measurement", ha="center", fontsize=8, color="grey")
+    panels = [(what, performance_profile(costs, col, taus)) for col, what in (("time_s", "time"), ("energy_j", "energy"))]
+    missing = [what for what, profiles in panels if not profiles]
+    panels = [(what, profiles) for what, profiles in panels if profiles]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.8, 3.6), squeeze=False)
+    for ax, (what, profiles) in zip(axes.flat, panels):
+        # Methods often share a profile (all at 0: never reached). Each later line is drawn thinner
+        # on top of the earlier ones, so every colour of a shared line still shows at its edges.
+        widths = np.linspace(3.5, 1.0, len(profiles))
+        for (method, rho), width in zip(profiles.items(), widths):
+            ax.step(taus, rho, where="post", label=method, color=method_colour(method), linewidth=width)
         ax.set_xlabel("tau (cost / best method's cost)")
         ax.set_ylabel(f"fraction of workloads ({what} to target)")
         ax.set_ylim(-0.02, 1.02)
-        if profiles:
-            ax.legend(fontsize=7)
+    # One legend beside the panels: a method list inside a panel covers its lines.
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
-    figs.add(fig, "performance_profiles", "Performance profiles (AlgoPerf style): time- and energy-to-target.")
+    caption = "Performance profiles (AlgoPerf style): " + " and ".join(f"{what}-to-target" for what, _ in panels) + "."
+    if missing:
+        caption += f" No {missing[0]} panel: no run measured {missing[0]} per epoch."
+    figs.add(fig, "performance_profiles", caption)
 
 
 def plot_depth_scaling(table: pd.DataFrame, figs: Figures) -> None:

@@ -419,12 +419,17 @@ def cost_to_target(runs: list[dict], targets: dict) -> pd.DataFrame:
 
 
 def performance_profile(costs: pd.DataFrame, column: str, taus: np.ndarray) -> dict[str, np.ndarray]:
-    """rho_m(tau): fraction of workloads (a dataset on one machine) where method m's cost <= tau x
-    the best method's there."""
+    """rho_m(tau): fraction of workloads (a dataset on one machine, with at least two methods)
+    where method m's cost <= tau x the best method's there."""
     if costs.empty:
         return {}
     # A method may appear on several archs of one workload (BP): its best arch counts.
     best_per = costs.groupby(["dataset", "machine", "method"])[column].min().unstack("method")
+    # A workload that ran one method only (a merged report: one seed run on another machine) ranks
+    # nothing; counted, it would make that method "best" there.
+    best_per = best_per[best_per.notna().sum(axis=1) >= 2]
+    if best_per.empty:
+        return {}
     best = best_per.min(axis=1)
     if best_per.isna().all().all():
         return {}  # not measured (energy without a hardware counter)
