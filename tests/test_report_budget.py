@@ -250,3 +250,18 @@ def test_a_workload_that_ran_one_method_only_counts_in_no_performance_profile():
     profiles = numbers.performance_profile(costs, "time_s", np.array([1.0, 4.0]))
     assert profiles["bp"].tolist() == [0.5, 1.0] and profiles["ff"].tolist() == [0.5, 1.0]
     assert numbers.performance_profile(costs, "energy_j", np.array([1.0])) == {}
+
+
+def test_the_cost_figure_draws_an_estimated_energy_hatched_and_says_so(tmp_path, monkeypatch):
+    from benchmark.report import figures
+
+    def row(method, estimated):
+        return numbers.Row(dataset="mnist", arch="mlp", method=method, n=1, acc=0.9, ci=0.0, seeds=[0], accs=[0.9],
+                           values={"energy_train": (100.0, estimated, "src"), "time_train": (10.0, False, "clock")})
+
+    kept = []
+    monkeypatch.setattr(figures.Figures, "add", lambda self, fig, name, caption: kept.append(fig))
+    figures.plot_costs([row("bp", True), row("ff", False)], figures.Figures(tmp_path))
+    energy, time = kept[0].axes[:2]
+    assert [bar.get_hatch() for bar in energy.patches] == ["///", None]
+    assert "hatched: estimated" in energy.get_xlabel() and "estimated" not in time.get_xlabel()

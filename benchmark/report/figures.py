@@ -187,11 +187,17 @@ def plot_costs(rows: list[Row], figs: Figures) -> None:
                              squeeze=False, sharey=True)
     for ax, (key, label, unit, _) in zip(axes.flat, keys):
         vals = [r.values.get(key, (np.nan,))[0] for r in rows]
-        ax.barh(y, vals, color=colours)
+        estimated = [bool(r.values.get(key, (np.nan, False))[1]) for r in rows]
+        bars = ax.barh(y, vals, color=colours)
+        for bar, est in zip(bars, estimated):
+            if est:  # an estimate (CodeCarbon's CPU-load model) is never drawn as a measurement
+                bar.set_hatch("///")
+                bar.set_edgecolor("white")
         log = spans_decades(vals)
         if log:
             ax.set_xscale("log")
-        ax.set_xlabel(f"{label}\n({unit}{', log scale' if log else ''})", fontsize=8)
+        notes = [unit] + (["log scale"] if log else []) + (["hatched: estimated"] if any(estimated) else [])
+        ax.set_xlabel(f"{label}\n({', '.join(notes)})", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0, 0].set_yticks(y, labels)
     axes[0, 0].set_ylim(len(labels) - 0.5, -0.5)  # inverted once (the axes share it): the table's order
