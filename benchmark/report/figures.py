@@ -138,7 +138,13 @@ def plot_learning_curves(runs: list[dict], figs: Figures) -> None:
             ax.set_xlabel("epoch", fontsize=8)
             ax.set_ylabel("validation accuracy (%)", fontsize=8)
             ax.tick_params(labelsize=7)
-            ax.legend(fontsize=6, loc="lower right")
+        legends = [ax.get_legend_handles_labels() for ax in axes.flat[:len(archs)]]
+        if max(len(labels) for _, labels in legends) <= 6:
+            for ax in axes.flat[:len(archs)]:
+                ax.legend(fontsize=6, loc="lower right")
+        else:  # a legend of many methods would cover a panel's curves: one for the figure, beside it
+            merged = {label: handle for handles, labels in legends for handle, label in zip(handles, labels)}
+            fig.legend(merged.values(), merged.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95))
         fig.suptitle(f"Learning curves: {dataset}")
         fig.tight_layout()
         figs.add(fig, f"learning_curves_{dataset}",
