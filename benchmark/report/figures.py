@@ -47,11 +47,14 @@ def row_labels(cells: list[tuple[str, str, str, str, str]]) -> list[str]:
     method x arch x dataset has several bars (several machines, or experiments of a merged report),
     those name what tells them apart, or the rows look doubled."""
     plain = [f"{m}/{a}/{d}" for m, a, d, _, _ in cells]
+    experiments, machines = {}, {}
+    for label, (_, _, _, experiment, machine) in zip(plain, cells):
+        experiments.setdefault(label, set()).add(experiment)
+        machines.setdefault(label, set()).add(machine)
     labels = []
     for label, (_, _, _, experiment, machine) in zip(plain, cells):
-        twins = [c for p, c in zip(plain, cells) if p == label]
-        tags = [experiment] if len({c[3] for c in twins}) > 1 else []
-        tags += [machine.removesuffix(" (CPU)")] if len({c[4] for c in twins}) > 1 else []
+        tags = ([experiment] if len(experiments[label]) > 1 else []) + \
+               ([machine.removesuffix(" (CPU)")] if len(machines[label]) > 1 else [])
         labels.append(f"{label} [{'; '.join(tags)}]" if tags else label)
     return labels
 
@@ -156,26 +159,24 @@ def plot_learning_curves(runs: list[dict], figs: Figures) -> None:
 def _curves_panel(ax, runs: list[dict]) -> None:
     """One arch's curves: a line per method (per method and experiment where one method ran in several
     experiments on this arch, e.g. FF with AdamW and with SGD, whose seeds must not be averaged)."""
-    experiments = {}
+    curves_of, experiments_of = {}, {}
     for r in runs:
-        experiments.setdefault(r["method"], set()).add(r.get("experiment", ""))
-    groups = {}
-    for r in runs:
-        split = len(experiments[r["method"]]) > 1
-        label = f"{r['method']} ({r.get('experiment', '')})" if split else r["method"]
-        groups.setdefault((method_rank(r["method"]), label, r["method"]), []).append(val_curve(r))
-    styles, seen, floor = ("-", "--", ":", "-."), {}, []
-    for (_, label, method), curves in sorted(groups.items()):
+        experiment = r.get("experiment", "")
+        curves_of.setdefault((r["method"], experiment), []).append(val_curve(r))
+        experiments_of.setdefault(r["method"], set()).add(experiment)
+    floor = []
+    for (method, experiment), curves in sorted(curves_of.items(), key=lambda kv: (method_rank(kv[0][0]), kv[0][1])):
+        siblings = sorted(experiments_of[method])
+        label = f"{method} ({experiment})" if len(siblings) > 1 else method
+        style = ("-", "--", ":", "-.")[siblings.index(experiment) % 4]  # a method's second experiment: dashed
         colour = method_colour(method)
-        seen[method] = seen.get(method, -1) + 1  # the same method's second experiment: dashed
-        style = styles[seen[method] % 4]
         for c in curves:
             ax.plot(range(1, len(c) + 1), np.array(c) * 100, style, color=colour, linewidth=0.6, alpha=0.35)
         length = min(len(c) for c in curves)
         mean = np.mean([c[:length] for c in curves], axis=0) * 100
         ax.plot(range(1, length + 1), mean, style, color=colour, linewidth=1.8, label=f"{label} ({len(curves)} seed{'' if len(curves) == 1 else 's'})")
         floor += [min(c[2:]) * 100 for c in curves if len(c) > 2]
-    top = max(max(c) for cs in groups.values() for c in cs) * 100
+    top = max(max(c) for cs in curves_of.values() for c in cs) * 100
     if floor:  # zoom on where the methods differ; the first epochs can sit tens of points lower
         low = min(floor)
         ax.set_ylim(low - 0.05 * max(top - low, 1.0), top + 0.05 * max(top - low, 1.0))

@@ -426,13 +426,12 @@ def performance_profile(costs: pd.DataFrame, column: str, taus: np.ndarray) -> d
     # A method may appear on several archs of one workload (BP): its best arch counts.
     best_per = costs.groupby(["dataset", "machine", "method"])[column].min().unstack("method")
     # A workload that ran one method only (a merged report: one seed run on another machine) ranks
-    # nothing; counted, it would make that method "best" there.
+    # nothing; counted, it would make that method "best" there. A cost never measured (energy
+    # without a hardware counter) leaves no workload either.
     best_per = best_per[best_per.notna().sum(axis=1) >= 2]
     if best_per.empty:
         return {}
     best = best_per.min(axis=1)
-    if best_per.isna().all().all():
-        return {}  # not measured (energy without a hardware counter)
     profiles = {}
     for method in sorted(best_per.columns, key=method_rank):
         ratio = best_per[method] / best
