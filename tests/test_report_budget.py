@@ -265,3 +265,28 @@ def test_the_cost_figure_draws_an_estimated_energy_hatched_and_says_so(tmp_path,
     energy, time = kept[0].axes[:2]
     assert [bar.get_hatch() for bar in energy.patches] == ["///", None]
     assert "hatched: estimated" in energy.get_xlabel() and "estimated" not in time.get_xlabel()
+
+
+def test_the_cost_and_energy_figures_name_each_figures_source_in_their_captions(tmp_path, monkeypatch):
+    from benchmark.report import figures
+
+    def row(method, dataset, memory_source, energy_estimated):
+        return numbers.Row(dataset=dataset, arch="mlp", method=method, n=1, acc=0.9, ci=0.0, seeds=[0], accs=[0.9],
+                           values={"energy_train": (100.0, energy_estimated, "codecarbon_estimate" if energy_estimated else "nvml counter"),
+                                   "time_train": (10.0, False, "time.perf_counter"),
+                                   "peak_memory": (2.0**20, False, memory_source)})
+
+    captions = {}
+    monkeypatch.setattr(figures.Figures, "add", lambda self, fig, name, caption: captions.update({name: caption}))
+    rows = [row("bp", "mnist", "process peak RSS growth", True), row("ff", "mnist", "torch allocator peak", False),
+            row("bp", "digits", "process peak RSS growth", True)]
+    figures.plot_costs(rows, figures.Figures(tmp_path))
+    figures.plot_accuracy_vs_energy(rows, figures.Figures(tmp_path))
+    costs = captions["costs"]
+    assert "Training time: time.perf_counter" in costs
+    # Two sources of one figure (a CPU's RSS beside a GPU's allocator) are both named; the estimate says so.
+    assert "Peak memory: process peak RSS growth or torch allocator peak" in costs
+    assert "Energy (train): codecarbon_estimate (estimated) or nvml counter" in costs
+    # Each dataset's scatter names only its own rows' sources.
+    assert "nvml counter" in captions["acc_vs_energy_mnist"]
+    assert "codecarbon_estimate (estimated)" in captions["acc_vs_energy_digits"] and "nvml" not in captions["acc_vs_energy_digits"]

@@ -124,6 +124,25 @@ METRICS = [  # key, label, unit, scale
 ]
 
 
+def sources_note(rows: list[Row], keys: list[str]) -> str:
+    """One sentence naming where each plotted figure came from ("Sources: Peak memory: process peak
+    RSS growth ...; ..."), so a figure carries its source as the tables do, not only its unit. A
+    figure whose rows came from several sources (a CPU's RSS beside a GPU's allocator) lists each;
+    an estimated one says so."""
+    parts = []
+    for key, label, _, _ in METRICS:
+        if key not in keys:
+            continue
+        seen = {}
+        for r in rows:
+            if key in r.values:
+                _, est, src = r.values[key]
+                seen.setdefault(f"{src or 'unknown source'}{' (estimated)' if est else ''}", None)
+        if seen:
+            parts.append(f"{label}: {' or '.join(seen)}")
+    return ("Sources: " + "; ".join(parts) + ".") if parts else ""
+
+
 @dataclass(frozen=True)
 class Convergence:
     """Whether a cell's validation accuracy had stopped rising when its budget ran out, and whether
