@@ -3,6 +3,7 @@ loss climbed back above where it started, is flagged, and the report makes no be
 about it (synthetic records, known curves)."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from benchmark.report import numbers
@@ -290,3 +291,7 @@ def test_the_cost_and_energy_figures_name_each_figures_source_in_their_captions(
     # Each dataset's scatter names only its own rows' sources.
     assert "nvml counter" in captions["acc_vs_energy_mnist"]
     assert "codecarbon_estimate (estimated)" in captions["acc_vs_energy_digits"] and "nvml" not in captions["acc_vs_energy_digits"]
+    to_target = pd.DataFrame([{"dataset": "mnist", "method": m, "arch": "mlp", "experiment": "", "machine": "cpu",
+                               "target": 0.9, "time_s": 5.0, "energy_j": e} for m, e in (("bp", 50.0), ("ff", 80.0))])
+    figures.plot_cost_to_target(to_target, figures.Figures(tmp_path))
+    assert "time.perf_counter" in captions["cost_to_target"] and "NVML" in captions["cost_to_target"]

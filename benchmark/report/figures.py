@@ -227,6 +227,9 @@ def plot_cost_to_target(costs: pd.DataFrame, figs: Figures) -> None:
                    "energy per epoch (only one estimate per run).")
     else:
         panels.append(("energy_j", "energy to target (J)"))
+        caption += (" Energy: the hardware meter read at each epoch's end (NVML's counter or sampled power, or RAPL), "
+                    "training and validation together, measured.")
+    caption += " Time: the training window's wall clock (time.perf_counter), summed up to the first epoch at the target."
     y = np.arange(len(labels))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels) + 2.0, max(3.0, 0.3 * len(labels) + 1)), squeeze=False)
     for ax, (col, label) in zip(axes.flat, panels):
