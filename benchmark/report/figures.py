@@ -108,8 +108,8 @@ def plot_accuracy_vs_energy(rows: list[Row], figs: Figures) -> None:
         ax.set_xlabel("training energy (J, log scale; triangles: estimated)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Accuracy vs energy: {dataset}")
-        caption = (f"Test accuracy vs training energy on {dataset}, with the Pareto front. "
-                   + sources_note([r for r in rows if r.dataset == dataset], ["energy_train"]))
+        caption = " ".join(filter(None, [f"Test accuracy vs training energy on {dataset}, with the Pareto front.",
+                                          sources_note([r for r in rows if r.dataset == dataset], ["energy_train"])]))
         if crowded:
             methods = sorted({p[4] for p in pts}, key=method_rank)
             handles = [Line2D([], [], marker="o", linestyle="", color=method_colour(m), label=m) for m in methods]
@@ -211,8 +211,9 @@ def plot_costs(rows: list[Row], figs: Figures) -> None:
     axes[0, 0].set_yticks(y, labels)
     axes[0, 0].set_ylim(len(labels) - 0.5, -0.5)  # inverted once (the axes share it): the table's order
     fig.tight_layout()
-    figs.add(fig, "costs", "Energy, training time, peak memory and activation memory (held for backward in one step) per method "
-             "(mean over final seeds). " + sources_note(rows, [k[0] for k in keys]))
+    caption = ("Energy, training time, peak memory and activation memory (held for backward in one step) per method "
+               "(mean over final seeds).")
+    figs.add(fig, "costs", " ".join(filter(None, [caption, sources_note(rows, [k[0] for k in keys])])))
 
 
 def plot_cost_to_target(costs: pd.DataFrame, figs: Figures) -> None:
