@@ -28,7 +28,8 @@ on top of this project's Forward-Forward (methods/ff.py), whose every other choi
 - Schedule: every layer steps on every batch (the paper trains all layers together, not layer
   by layer), with FF's optimiser, peer normalisation and learning-rate cooldown.
 - Rate: every layer's loss pushes the same summed logit, so one step of L layers moves it about L
-  times as far as FF's step moves one layer's, and FF's rate is too large for LCFF. At the
+  times as far as FF's step moves one layer's: the likely reason why FF's rate is too large for
+  LCFF, which the runs below support (they do not prove it). At the
   comparison's FF settings for the 3x1000 MLP on MNIST (100 epochs, patience 20), FF's rate gave
   96.58 % over three seeds (two stopped by the patience while stalled) against FF's 98.23 %; a
   third of it gave 97.63 / 97.46 % (seeds 0 and 1, all 100 epochs), 0.7 pp below FF's same seeds;
