@@ -27,15 +27,14 @@ on top of this project's Forward-Forward (methods/ff.py), whose every other choi
   voting with the quantity the loss trains is our choice.
 - Schedule: every layer steps on every batch (the paper trains all layers together, not layer
   by layer), with FF's optimiser, peer normalisation and learning-rate cooldown.
-- Rate: every layer's loss pushes the same summed logit, so one step of L layers moves it about L
-  times as far as FF's step moves one layer's: the likely reason why FF's rate is too large for
-  LCFF, which the runs below support (they do not prove it). At the
-  comparison's FF settings for the 3x1000 MLP on MNIST (100 epochs, patience 20), FF's rate gave
-  96.58 % over three seeds (two stopped by the patience while stalled) against FF's 98.23 %; a
-  third of it gave 97.63 / 97.46 % (seeds 0 and 1, all 100 epochs), 0.7 pp below FF's same seeds;
-  a tenth, 96.74 % (seed 0). So the rate's search range (configs/method/lcff.yaml) is FF's divided
-  by three. The runs and their command are in the README (Methods) and
-  docs/reproduction/sensitivity/repro_ff_lcff_*.
+- Rate: FF's is too large for LCFF. At the comparison's FF settings for the 3x1000 MLP on MNIST
+  (100 epochs, patience 20), FF's rate gave 96.58 % over three seeds (two stopped by the patience
+  while stalled) against FF's 98.23 %; a third of it gave 97.63 / 97.46 % (seeds 0 and 1, all 100
+  epochs), 0.7 pp below FF's same seeds; a tenth, 96.74 % (seed 0). The likely reason, which these
+  runs support but do not prove: every layer's loss pushes the same summed logit, so one step of L
+  layers moves it about L times as far as FF's step moves one layer's. So the rate's search range
+  (configs/method/lcff.yaml) is FF's divided by three. The runs and their command: the README
+  (Methods) and docs/reproduction/sensitivity/repro_ff_lcff_*.
 
 Cost against FF: the same forward and backward work, but a step holds every layer's activations
 until the last layer's goodness is known (FF frees each layer's before the next), so the

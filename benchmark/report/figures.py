@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.report.numbers import (DEPTH_COLUMNS, METRICS, Row, method_rank, natural, pareto_front, performance_profile,
-                                      sources_note, val_curve)
+                                      val_curve, with_sources)
 
 
 def _plt():
@@ -108,8 +108,8 @@ def plot_accuracy_vs_energy(rows: list[Row], figs: Figures) -> None:
         ax.set_xlabel("training energy (J, log scale; triangles: estimated)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Accuracy vs energy: {dataset}")
-        caption = " ".join(filter(None, [f"Test accuracy vs training energy on {dataset}, with the Pareto front.",
-                                          sources_note([r for r in rows if r.dataset == dataset], ["energy_train"])]))
+        caption = with_sources(f"Test accuracy vs training energy on {dataset}, with the Pareto front.",
+                               [r for r in rows if r.dataset == dataset], ["energy_train"])
         if crowded:
             methods = sorted({p[4] for p in pts}, key=method_rank)
             handles = [Line2D([], [], marker="o", linestyle="", color=method_colour(m), label=m) for m in methods]
@@ -213,7 +213,7 @@ def plot_costs(rows: list[Row], figs: Figures) -> None:
     fig.tight_layout()
     caption = ("Energy, training time, peak memory and activation memory (held for backward in one step) per method "
                "(mean over final seeds).")
-    figs.add(fig, "costs", " ".join(filter(None, [caption, sources_note(rows, [k[0] for k in keys])])))
+    figs.add(fig, "costs", with_sources(caption, rows, [k[0] for k in keys]))
 
 
 def plot_cost_to_target(costs: pd.DataFrame, figs: Figures) -> None:

@@ -124,11 +124,11 @@ METRICS = [  # key, label, unit, scale
 ]
 
 
-def sources_note(rows: list[Row], keys: list[str]) -> str:
-    """One sentence naming where each plotted figure came from ("Sources: Peak memory: process peak
-    RSS growth ...; ..."), so a figure carries its source as the tables do, not only its unit. A
-    figure whose rows came from several sources (a CPU's RSS beside a GPU's allocator) lists each;
-    an estimated one says so."""
+def with_sources(caption: str, rows: list[Row], keys: list[str]) -> str:
+    """The caption, then one sentence naming where each plotted figure came from ("Sources: Peak
+    memory: process peak RSS growth ...; ..."), so a figure carries its source as the tables do,
+    not only its unit. A figure whose rows came from several sources (a CPU's RSS beside a GPU's
+    allocator) lists each; an estimated one says so. No rows with those figures: the caption alone."""
     parts = []
     for key, label, _, _ in METRICS:
         if key not in keys:
@@ -140,7 +140,7 @@ def sources_note(rows: list[Row], keys: list[str]) -> str:
                 seen.setdefault(f"{src or 'unknown source'}{' (estimated)' if est else ''}", None)
         if seen:
             parts.append(f"{label}: {' or '.join(seen)}")
-    return ("Sources: " + "; ".join(parts) + ".") if parts else ""
+    return f"{caption} Sources: {'; '.join(parts)}." if parts else caption
 
 
 @dataclass(frozen=True)
