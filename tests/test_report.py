@@ -51,6 +51,17 @@ def test_tables_and_figures_are_written_beside_the_report(rendered):
         assert (rendered / name).stat().st_size > 0, name
 
 
+def test_the_summary_is_also_written_as_markdown_cell_for_cell(rendered):
+    """summary.md (what a README quotes) holds the summary.csv's table, cell for cell."""
+    import pandas as pd
+
+    csv = pd.read_csv(rendered / "summary.csv", dtype=str, keep_default_na=False)
+    lines = (rendered / "summary.md").read_text().splitlines()
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+    assert cells[0] == list(csv.columns) and set(lines[1]) == {"|", "-"}
+    assert cells[2:] == csv.values.tolist()
+
+
 def test_pdf_has_pages_and_the_method_names(rendered):
     from pypdf import PdfReader
 

@@ -45,7 +45,7 @@ from benchmark.report.figures import (Figures, plot_accuracy_vs_energy, plot_ali
 from benchmark.report.numbers import (TARGET_FRACTION, alignment_table, hp_matches, budget_summary, cost_to_target, costs_display, fixed_targets,
                                       failures_table, final_runs, probes_table, superseded_note, robustness_table,
                                       depth_display, depth_table, glance_table, provenance,
-                                      reproduction, reproduction_markdown, significance_sentences, sources_table, summarise, summary_table,
+                                      markdown_table, reproduction, reproduction_markdown, significance_sentences, sources_table, summarise, summary_table,
                                       targets_per_dataset)
 from benchmark.report.render import method_notes, render_html, write_pdf
 
@@ -139,6 +139,7 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
         "n_failed": sum(r.get("status") in ("failed", "diverged") for r in records),
     }
     summary.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(markdown_table(list(summary.columns), summary.values.tolist()), encoding="utf-8")
     pd.DataFrame(significance).to_csv(out / "significance.csv", index=False)
     costs.to_csv(out / "cost_to_target.csv", index=False)
     ctx["glance"].to_csv(out / "glance.csv", index=False)

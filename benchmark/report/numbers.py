@@ -701,6 +701,13 @@ def reproduction_display(verdicts: list[dict]) -> pd.DataFrame:
     } for v in verdicts])
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A table as Markdown, the form the README quotes the report's tables in (verbatim, so that a
+    test can check the README against the records)."""
+    line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)]) + "\n"
+
+
 def reproduction_markdown(verdicts: list[dict]) -> str:
     """The reproduction table as Markdown, the README's table verbatim (one row per figure and
     machine run): paper's figure with its source and how it was read, ours both ways, the
@@ -714,8 +721,9 @@ def reproduction_markdown(verdicts: list[dict]) -> str:
     def published(value):
         return "not held" if value is None else pct(value)
 
-    lines = ["| method | dataset | arch | paper (source; how read) | ours: harness (best-val epoch), mean ± 95 % CI "
-             "| ours read the paper's way | seeds; epochs; machine | verdict |", "|---|---|---|---|---|---|---|---|"]
+    header = ["method", "dataset", "arch", "paper (source; how read)", "ours: harness (best-val epoch), mean ± 95 % CI",
+              "ours read the paper's way", "seeds; epochs; machine", "verdict"]
+    rows = []
     for v in verdicts:
         how = v["protocol"].replace("_", " ")
         if v.get("ours") is None:  # not run: nothing of ours to show
@@ -724,10 +732,9 @@ def reproduction_markdown(verdicts: list[dict]) -> str:
             ours = pct(v["ours"], v.get("ours_ci"))
             paper_way = "(same)" if v["protocol"] == "best_val" else f"{pct(v.get('ours_protocol'))} ({how})"
             runs = f"{v.get('seeds', '')}; {v.get('epochs') or '–'}; {v.get('machine') or '–'}"
-        lines.append(" | ".join([f"| {v['method']}", dataset_shown(v), v["arch"],
-                                 f"{published(v['test_accuracy'])} ({v.get('source', '')}; {how})",
-                                 ours, paper_way, runs, f"{v['verdict']} |"]))
-    return "\n".join(lines) + "\n"
+        rows.append([v["method"], dataset_shown(v), v["arch"], f"{published(v['test_accuracy'])} ({v.get('source', '')}; {how})",
+                     ours, paper_way, runs, v["verdict"]])
+    return markdown_table(header, rows)
 
 
 def summary_table(rows: list[Row]) -> pd.DataFrame:
