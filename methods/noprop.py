@@ -135,11 +135,18 @@ class DenoisingBlock(nn.Module):
         self.label = nn.Sequential(nn.Linear(num_classes + label_extra, hidden), nn.ReLU())
         self.fuse = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
-    def scores(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.fuse(torch.cat([self.image(x), self.label(z)], dim=1))
+    def scores(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Class scores from the image's features (`self.image(x)`) and the noisy label z. The
+        image path is the costly part and does not depend on z (nor on t): a prediction that
+        steps along a chain with one network computes it once and reuses it at every step."""
+        return self.fuse(torch.cat([features, self.label(z)], dim=1))
+
+    def estimate(self, features: torch.Tensor, z: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        """The predicted clean embedding u_hat: the scores' softmax over the class embeddings."""
+        return F.softmax(self.scores(features, z), dim=1) @ embed
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
-        return F.softmax(self.scores(x, z), dim=1) @ embed
+        return self.estimate(self.image(x), z, embed)
 
 
 TIME_FEATURES = 16  # Fourier features of t fed to the continuous-time networks' label path
@@ -158,11 +165,14 @@ class TimeDenoisingBlock(DenoisingBlock):
     def __init__(self, arch: dict, input_shape, num_classes: int, hidden: int):
         super().__init__(arch, input_shape, num_classes, hidden, label_extra=TIME_FEATURES)
 
-    def scores(self, x, z, t=None):
-        return super().scores(x, torch.cat([z, time_features(t)], dim=1))
+    def scores(self, features, z, t=None):
+        return super().scores(features, torch.cat([z, time_features(t)], dim=1))
+
+    def estimate(self, features, z, embed, t=None):
+        return F.softmax(self.scores(features, z, t), dim=1) @ embed
 
     def forward(self, x, z, embed, t=None):
-        return F.softmax(self.scores(x, z, t), dim=1) @ embed
+        return self.estimate(self.image(x), z, embed, t)
 
 
 def posterior_step(s_prev: float, s: float, u_hat: torch.Tensor, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -416,8 +426,10 @@ class NoPropCT(NoPropContinuous):
         z = torch.randn(len(x), self.num_classes, generator=gen, device=x.device)
         times = self.times(len(x), x.device)
         levels = self.modules["schedule"].signal(torch.stack([v[0] for v in times])).tolist()
+        denoiser = self.modules["denoiser"]
+        features = denoiser.image(x)  # once: the image path does not change along the chain
         for k, t_prev in enumerate(times[:-1]):
-            u_hat = self.modules["denoiser"](x, z, self.embed, t_prev)
+            u_hat = denoiser.estimate(features, z, self.embed, t_prev)
             noise = torch.randn(z.shape, generator=gen, device=x.device)
             z = posterior_step(levels[k], levels[k + 1], u_hat, z, noise)
         return self.modules["classifier"](z)
@@ -443,7 +455,8 @@ class NoPropFM(NoPropContinuous):
         z0 = torch.randn_like(u)
         t = torch.rand(len(y), device=x.device)
         z_t = t[:, None] * u + (1 - t[:, None]) * z0
-        velocity = self.modules["denoiser"].scores(x, z_t, t)
+        denoiser = self.modules["denoiser"]
+        velocity = denoiser.scores(denoiser.image(x), z_t, t)
         loss = (velocity - (u - z0)).pow(2).sum(1).mean()
         self.step(loss)
         return loss.detach()
@@ -452,6 +465,8 @@ class NoPropFM(NoPropContinuous):
         gen = torch.Generator(device=x.device).manual_seed(0)
         z = torch.randn(len(x), self.num_classes, generator=gen, device=x.device)
         times = self.times(len(x), x.device)
+        denoiser = self.modules["denoiser"]
+        features = denoiser.image(x)  # once: the image path does not change along the chain
         for t_prev, t in zip(times, times[1:]):
-            z = z + (t - t_prev)[:, None] * self.modules["denoiser"].scores(x, z, t_prev)
+            z = z + (t - t_prev)[:, None] * denoiser.scores(features, z, t_prev)
         return -torch.cdist(z, self.embed).pow(2)  # the nearest class embedding wins
