@@ -379,11 +379,11 @@ def throughput_cells(first_arch: dict[str, str]) -> list[tuple[str, str, str]]:
     return cells
 
 
-def method_throughput(n_train: int, epochs: int = 1, only: list[str] | None = None) -> None:
+def method_throughput(n_train: int, epochs: int = 1, only: list[str] | None = None, arch: str | None = None) -> None:
     """Every registered method's (or those in `only`) training throughput and FLOP/s fraction of the
     GEMM peak: image methods for `epochs` epochs of `n_train` MNIST images on their first
-    architecture, graph methods (and BP beside them, as their baseline) for GRAPH_EPOCHS full-graph
-    epochs on Cora."""
+    architecture (or on `arch`, for every method that trains its kind: the others are skipped),
+    graph methods (and BP beside them, as their baseline) for GRAPH_EPOCHS full-graph epochs on Cora."""
     from benchmark import spec as methods
 
     peak = matmul_peak()
@@ -396,7 +396,13 @@ def method_throughput(n_train: int, epochs: int = 1, only: list[str] | None = No
     cora = cora_or_none()
     graph = cora.to(DEVICE) if cora is not None else None
     names = [name for name in methods.names() if only is None or name in only]
-    for label, name, arch in throughput_cells({name: methods.get(name).supported_archs[0] for name in names}):
+    if arch is not None:
+        kind = arch_kind(arch)
+        for name in [n for n in names if kind not in methods.get(n).supported_archs]:
+            emit("methods", f"{name}: training throughput", math.nan, "samples/s", f"skipped: it does not train a {kind} ({arch})")
+        names = [n for n in names if kind in methods.get(n).supported_archs]
+    chosen = {name: arch or methods.get(name).supported_archs[0] for name in names}
+    for label, name, arch in throughput_cells(chosen):
         unit = "train nodes/s" if arch in archs.GRAPH_KINDS else "samples/s"
         if arch in archs.GRAPH_KINDS:
             if graph is None:
@@ -420,6 +426,13 @@ def method_throughput(n_train: int, epochs: int = 1, only: list[str] | None = No
         emit("methods", f"{label}: peak memory", (memory["value"] or 0) / 2**20, "MiB", memory["source"])
         emit("methods", f"{label}: ATen ops per training step", ops_per_step(method, data), "ops",
              "one steady step of the last phase, batch 128; on CUDA most launch a kernel (views do not)")
+
+
+def arch_kind(arch: str) -> str:
+    """The kind (mlp, cnn, gcn, ...) of the configs/arch/ preset `arch`, its defaults composed."""
+    from benchmark import config
+
+    return config.compose([f"arch={arch}"]).arch.kind
 
 
 def ops_per_step(method, data: Splits, batch_size: int = 128) -> int:
@@ -551,6 +564,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         unknown = sorted(set(only) - set(methods.names()))
         if unknown:
             parser.error(f"unknown method(s) {', '.join(unknown)} in --methods; choose from: {', '.join(methods.names())}")
+    if args.arch is not None:
+        from benchmark import config
+
+        presets = sorted(path.stem for path in (config.CONFIG_DIR / "arch").glob("*.yaml") if path.stem != "native")
+        if args.arch not in presets:
+            parser.error(f"unknown --arch {args.arch}; choose a configs/arch/ preset: {', '.join(presets)}")
     try:
         check_writable(Path(args.out).parent)
     except UserError:
@@ -580,18 +599,21 @@ def main(argv=None) -> None:
                         help="epochs per run in the overhead section, at least 2 (default 2 on a CPU, 4 on CUDA)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated methods for the methods section (default: every registered one)")
+    parser.add_argument("--arch", default=None,
+                        help="methods section: every method on this configs/arch/ preset (default: each method's first)")
     parser.add_argument("--out", default="results/perf.csv")
     args = parser.parse_args(argv)
     only = check_arguments(parser, args)
     global DEVICE
     DEVICE = resolved_device(parser, args.device)
+    ROWS.clear()  # one call, one table (a second call in the same process starts afresh)
     print(f"{'section':10s} {'item':58s} {'value':>12s} {'unit':10s} note")
     sections = {
         "overhead": lambda: section_overhead(args.repeats, args.overhead_epochs or (4 if DEVICE.type == "cuda" else 2)),
         "loop": lambda: section_loop(args.repeats),
         "energy": lambda: section_energy(args.repeats),
         "data": lambda: section_data(args.repeats),
-        "methods": lambda: method_throughput(args.n_train, only=only),
+        "methods": lambda: method_throughput(args.n_train, only=only, arch=args.arch),
         "reference": lambda: section_reference(args.n_train, args.epochs),
         "options": lambda: section_options(args.n_train, args.repeats),
     }

@@ -141,12 +141,29 @@ def test_the_methods_section_can_be_limited_to_named_methods(tmp_path, capsys):
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_the_methods_section_runs_every_method_on_a_named_arch(tmp_path):
+    """`--arch` puts every chosen method on that preset (the note names it); a method that does
+    not train its kind gets a skipped row, not a crash."""
+    import csv
+
+    out = tmp_path / "perf.csv"
+    perf.main(["--only", "methods", "--methods", "bp,noprop_fm,mf", "--arch", "cnn_narrow", "--n-train", "256",
+               "--device", "cpu", "--out", str(out)])
+    rows = [row for row in csv.DictReader(open(out)) if row["item"].endswith("training throughput")]
+    by_method = {row["item"].split(":")[0]: row for row in rows}
+    assert set(by_method) == {"bp", "noprop_fm", "mf"}
+    for name in ("bp", "noprop_fm"):
+        assert by_method[name]["note"].startswith("cnn_narrow,") and float(by_method[name]["value"]) > 0
+    assert by_method["mf"]["note"] == "skipped: it does not train a cnn (cnn_narrow)"
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--device", "tpu"], "--device: device='tpu' is not a device"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "--device: device=cuda"),
     (["--repeats", "0"], "--repeats 0 must be at least 1"),
     (["--n-train", "-5"], "--n-train -5 must be at least 1"),
     (["--overhead-epochs", "1"], "--overhead-epochs 1 must be at least 2"),
+    (["--arch", "cnn_huge"], "unknown --arch cnn_huge; choose a configs/arch/ preset: cnn,"),
 ])
 def test_bad_arguments_are_one_line_before_anything_is_measured(arguments, message, tmp_path, capsys):
     out, rows_before = tmp_path / "perf.csv", len(perf.ROWS)
