@@ -374,15 +374,15 @@ def throughput_cells(first_arch: dict[str, str]) -> list[tuple[str, str, str]]:
     the GCN when any method is a graph method: their fraction of peak is read against BP's on the
     same workload, not against BP's MLP."""
     cells = [(name, name, arch) for name, arch in sorted(first_arch.items())]
-    if any(arch in archs.GRAPH_KINDS for arch in first_arch.values()):
+    if any(arch in archs.GRAPH_KINDS for arch in first_arch.values()) and first_arch.get("bp") != "gcn":
         cells.append(("bp (gcn)", "bp", "gcn"))
     return cells
 
 
-def method_throughput(n_train: int, epochs: int = 1, only: list[str] | None = None, arch: str | None = None) -> None:
+def method_throughput(n_train: int, epochs: int = 1, only: list[str] | None = None, preset: str | None = None) -> None:
     """Every registered method's (or those in `only`) training throughput and FLOP/s fraction of the
     GEMM peak: image methods for `epochs` epochs of `n_train` MNIST images on their first
-    architecture (or on `arch`, for every method that trains its kind: the others are skipped),
+    architecture (or on the arch `preset`, for every method that trains its kind: the others are skipped),
     graph methods (and BP beside them, as their baseline) for GRAPH_EPOCHS full-graph epochs on Cora."""
     from benchmark import spec as methods
 
@@ -396,12 +396,12 @@ def method_throughput(n_train: int, epochs: int = 1, only: list[str] | None = No
     cora = cora_or_none()
     graph = cora.to(DEVICE) if cora is not None else None
     names = [name for name in methods.names() if only is None or name in only]
-    if arch is not None:
-        kind = arch_kind(arch)
+    if preset is not None:
+        kind = arch_kind(preset)
         for name in [n for n in names if kind not in methods.get(n).supported_archs]:
-            emit("methods", f"{name}: training throughput", math.nan, "samples/s", f"skipped: it does not train a {kind} ({arch})")
+            emit("methods", f"{name}: training throughput", math.nan, "samples/s", f"skipped: it does not train a {kind} ({preset})")
         names = [n for n in names if kind in methods.get(n).supported_archs]
-    chosen = {name: arch or methods.get(name).supported_archs[0] for name in names}
+    chosen = {name: preset or methods.get(name).supported_archs[0] for name in names}
     for label, name, arch in throughput_cells(chosen):
         unit = "train nodes/s" if arch in archs.GRAPH_KINDS else "samples/s"
         if arch in archs.GRAPH_KINDS:
@@ -613,7 +613,7 @@ def main(argv=None) -> None:
         "loop": lambda: section_loop(args.repeats),
         "energy": lambda: section_energy(args.repeats),
         "data": lambda: section_data(args.repeats),
-        "methods": lambda: method_throughput(args.n_train, only=only, arch=args.arch),
+        "methods": lambda: method_throughput(args.n_train, only=only, preset=args.arch),
         "reference": lambda: section_reference(args.n_train, args.epochs),
         "options": lambda: section_options(args.n_train, args.repeats),
     }

@@ -68,6 +68,8 @@ def test_the_methods_section_covers_every_registered_method_graph_ones_beside_bp
     assert {name for _, name, _ in cells} == set(spec.names())
     graph = [(label, name) for label, name, arch in cells if arch in ("gcn", "sage")]
     assert ("bp (gcn)", "bp") in graph and len(graph) > 1
+    on_gcn = perf.throughput_cells({"bp": "gcn", "fgnn_sf": "gcn"})  # --arch gcn: BP is there already
+    assert sorted(on_gcn) == [("bp", "bp", "gcn"), ("fgnn_sf", "fgnn_sf", "gcn")]
 
 
 def test_each_graph_cell_of_the_methods_section_builds_on_cora():
