@@ -295,3 +295,34 @@ def test_the_cost_and_energy_figures_name_each_figures_source_in_their_captions(
                                "target": 0.9, "time_s": 5.0, "energy_j": e} for m, e in (("bp", 50.0), ("ff", 80.0))])
     figures.plot_cost_to_target(to_target, figures.Figures(tmp_path))
     assert "time.perf_counter" in captions["cost_to_target"] and "NVML" in captions["cost_to_target"]
+
+
+def timed_runs(bp_day: str, ff_day: str) -> list[dict]:
+    """BP and FF with a training time and a peak memory, BP's runs started on bp_day, FF's on ff_day."""
+    runs = []
+    for method, day, seconds in (("bp", bp_day, 10.0), ("ff", ff_day, 20.0)):
+        for seed, acc in zip((1, 2, 3), (0.975, 0.976, 0.977)):
+            run = final(method, seed, [0.95, 0.97, 0.975, 0.976, 0.976, 0.976], acc)
+            run["started_at"] = f"{day}T10:0{seed}:00+00:00"
+            run["measurements"].update({
+                "time_train": {"value": seconds, "unit": "s", "source": "time.perf_counter", "estimated": False},
+                "peak_memory": {"value": 2**20 * seconds, "unit": "B", "source": "process RSS", "estimated": False}})
+            runs.append(run)
+    return runs
+
+
+def test_a_speed_ratio_against_bp_runs_of_another_day_only_is_marked():
+    """One machine label ran BP's same code at 25 s an epoch one day and 50 s the next (README), so a
+    time (energy, emissions) ratio across days is marked ‡; memory, which the day does not change,
+    is not; runs sharing a day are not marked."""
+    rows = numbers.summarise(timed_runs("2026-12-06", "2026-12-07"))
+    ff = numbers.summary_table(rows).set_index("method").loc["ff"]
+    assert ff["Training time (s)"].endswith("(+100%‡ vs BP)") and "‡" not in ff["Peak memory (MiB)"]
+    significance = numbers.significance_sentences(rows)
+    glance = numbers.glance_table(rows, significance).set_index("method").loc["ff"]
+    assert glance["time / BP"] == "2x‡" and "‡" not in glance["peak memory / BP"]
+
+    rows = numbers.summarise(timed_runs("2026-12-07", "2026-12-07"))
+    ff = numbers.summary_table(rows).set_index("method").loc["ff"]
+    assert ff["Training time (s)"].endswith("(+100% vs BP)")
+    assert numbers.glance_table(rows, numbers.significance_sentences(rows)).set_index("method").loc["ff", "time / BP"] == "2x"

@@ -314,6 +314,24 @@ def baseline_for(rows: list[Row], row: Row) -> Row | None:
     return next((b for b in same if b.experiment == row.experiment), same[0] if same else None)
 
 
+SPEED_METRICS = {"time_train", "energy_train", "emissions"}  # scale with how fast the machine ran that day
+OTHER_DAY = "‡"  # marks a time, energy or emissions ratio against BP runs from another day only
+
+
+def run_days(row: Row) -> set[str]:
+    """The UTC dates on which a row's runs started."""
+    return {str(run.get("started_at", ""))[:10] for run in row.runs} - {""}
+
+
+def days_apart(row: Row, base: Row) -> bool:
+    """True when a row and its BP baseline share no day. One machine label (CPU model, threads) can
+    run at very different speeds on different days (README: the same code's BP epoch took 25 s on
+    one day and 50 s on the next), so a time, energy or emissions ratio across days carries that
+    factor, not only the methods'. Memory and FLOPs do not."""
+    ours, theirs = run_days(row), run_days(base)
+    return bool(ours and theirs) and not (ours & theirs)
+
+
 def relative(value: float, base: float) -> str:
     if base in (None, 0) or value is None or math.isnan(base):
         return ""
@@ -752,6 +770,8 @@ def summary_table(rows: list[Row]) -> pd.DataFrame:
             if key in r.values:
                 value, est, _src = r.values[key]
                 rel = relative(value, base.values.get(key, (None,))[0]) if base and r.method != BASELINE else ""
+                if rel and key in SPEED_METRICS and days_apart(r, base):
+                    rel += OTHER_DAY
                 entry[f"{label} ({unit})"] = fmt_cost(value) + ("†" if est else "") + (f" ({rel} vs BP)" if rel else "")
             else:
                 entry[f"{label} ({unit})"] = "–"
@@ -813,6 +833,11 @@ def ratio(value, base) -> str:
     return f"{fmt_cost(value / base)}x"
 
 
+def marked(text: str, mark: str) -> str:
+    """A ratio with its mark, none on a missing one ("–")."""
+    return text if text == "–" else text + mark
+
+
 def glance_table(rows: list[Row], significance: list[dict]) -> pd.DataFrame:
     """The first screen: for every method that shares a cell with BP, whether it matches BP within
     the seed noise, at what cost ratio (same machine), and how sure the comparison is."""
@@ -825,6 +850,7 @@ def glance_table(rows: list[Row], significance: list[dict]) -> pd.DataFrame:
         if sig is None or base is None:
             continue
         entry = {"method": row.method, "cell": f"{row.dataset}/{row.arch}"}
+        other_day = OTHER_DAY if days_apart(row, base) else ""
         if several:
             entry["experiment @ machine"] = f"{row.experiment} @ {row.machine}"
         if sig["unstable"]:
@@ -839,8 +865,8 @@ def glance_table(rows: list[Row], significance: list[dict]) -> pd.DataFrame:
             "test acc vs BP (pp)": f"{sig['diff_pp']:+.2f}",
             "verdict": sig["verdict"],
             "how sure": sure,
-            "time / BP": ratio(row.values.get("time_train", (None,))[0], base.values.get("time_train", (None,))[0]),
-            "energy / BP": ratio(row.values.get("energy_train", (None,))[0], base.values.get("energy_train", (None,))[0]),
+            "time / BP": marked(ratio(row.values.get("time_train", (None,))[0], base.values.get("time_train", (None,))[0]), other_day),
+            "energy / BP": marked(ratio(row.values.get("energy_train", (None,))[0], base.values.get("energy_train", (None,))[0]), other_day),
             "peak memory / BP": ratio(row.values.get("peak_memory", (None,))[0], base.values.get("peak_memory", (None,))[0]),
         })
         table.append(entry)

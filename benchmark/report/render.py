@@ -61,7 +61,9 @@ HOW_TO_READ = [
     f"loss later rose more than {UNSTABLE_RISE - 1:.0%} above its first epoch's mean and stayed there (in two of "
     "three consecutive epochs): no claim is made either way.",
     "Cost ratios divide a method's mean by BP's on the same machine: 0.5x is half of BP's cost. Energy marked † "
-    "is an estimate (CodeCarbon), not a measurement; the Sources table names where every figure came from.",
+    "is an estimate (CodeCarbon), not a measurement; the Sources table names where every figure came from. A time, "
+    "energy or emissions ratio marked ‡ compares with BP runs from another day only: one machine can run at a "
+    "different speed from one day to the next, so that ratio carries the machine's change too.",
 ]
 
 
@@ -133,7 +135,8 @@ def render_html(ctx: dict) -> str:
                      + ". No comparison below claims better or worse for these cells; a larger budget is needed to tell.</p>")
     parts.append("<h2>Summary</h2><p class='note'>Test accuracy: mean over the final seeds with the half-width of its 95% "
                  "confidence interval (Student t). Costs: mean over the same runs; relative figures compare with BP on the "
-                 "same dataset and architecture. † marks an estimate (see Sources).</p>")
+                 "same dataset and architecture. † marks an estimate (see Sources); ‡ a time, energy or emissions ratio "
+                 "against BP runs from another day only (the machine's speed may have changed).</p>")
     parts.append(table_html(ctx["summary"]))
     parts.append("<h2>Significance against BP</h2><p class='note'>Test: Welch's t-test (scipy.stats.ttest_ind, "
                  "equal_var=False) on the final seeds' test accuracies, two-sided, 5% level, after the Holm-Bonferroni "
