@@ -294,13 +294,17 @@ def compose(overrides: list[str], with_hydra: bool = False, config_name: str | N
         raise UserError(f"config error: {str(err).splitlines()[0]}", "check the override's key and value") from None
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group (configs/<group>/*.yaml), by name."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
 def _one_line(err: Exception) -> UserError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     missing = re.search(r"Could not find '(\w+)/([^']*)'", first)
     if missing and (CONFIG_DIR / missing.group(1)).is_dir():  # any config group: method, paper, ...
         group, name = missing.groups()
-        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-        return UserError(f"unknown {group} '{name}'", f"choose one of: {', '.join(options)}")
+        return UserError(f"unknown {group} '{name}'", f"choose one of: {', '.join(group_options(group))}")
     if "Could not override 'method.hp." in first:
         # A method's own setting (DFA's feedback, FA's zero_init) exists only once that method is
         # composed; where an experiment's sweep picks the method (paper=...), force it with ++.
@@ -371,8 +375,7 @@ def sweep_values(override) -> list[str]:
 
     value = override.value()
     if isinstance(value, Glob):
-        options = sorted(p.stem for p in (CONFIG_DIR / override.get_key_element()).glob("*.yaml"))
-        return value.filter(options)
+        return value.filter(group_options(override.get_key_element()))
     if override.is_sweep_override():
         return list(override.sweep_string_iterator())
     return [override.get_value_element_as_str()]

@@ -567,7 +567,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.arch is not None:
         from benchmark import config
 
-        presets = sorted(path.stem for path in (config.CONFIG_DIR / "arch").glob("*.yaml") if path.stem != "native")
+        presets = [name for name in config.group_options("arch") if name != "native"]
         if args.arch not in presets:
             parser.error(f"unknown --arch {args.arch}; choose a configs/arch/ preset: {', '.join(presets)}")
     try:

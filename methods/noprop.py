@@ -146,12 +146,13 @@ class DenoisingBlock(nn.Module):
         steps along a chain with one network computes it once and reuses it at every step."""
         return self.fuse(torch.cat([features, self.label(z)], dim=1))
 
-    def estimate(self, features: torch.Tensor, z: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
-        """The predicted clean embedding u_hat: the scores' softmax over the class embeddings."""
-        return F.softmax(self.scores(features, z), dim=1) @ embed
+    def estimate(self, features: torch.Tensor, z: torch.Tensor, embed: torch.Tensor, *time) -> torch.Tensor:
+        """The predicted clean embedding u_hat: the scores' softmax over the class embeddings
+        (`time`: the t of a time-conditioned block, passed on to its scores)."""
+        return F.softmax(self.scores(features, z, *time), dim=1) @ embed
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
-        return self.estimate(self.image(x), z, embed)
+    def forward(self, x: torch.Tensor, z: torch.Tensor, embed: torch.Tensor, *time) -> torch.Tensor:
+        return self.estimate(self.image(x), z, embed, *time)
 
 
 TIME_FEATURES = 16  # Fourier features of t fed to the continuous-time networks' label path
@@ -170,14 +171,8 @@ class TimeDenoisingBlock(DenoisingBlock):
     def __init__(self, arch: dict, input_shape, num_classes: int, hidden: int):
         super().__init__(arch, input_shape, num_classes, hidden, label_extra=TIME_FEATURES)
 
-    def scores(self, features, z, t=None):
+    def scores(self, features, z, t):
         return super().scores(features, torch.cat([z, time_features(t)], dim=1))
-
-    def estimate(self, features, z, embed, t=None):
-        return F.softmax(self.scores(features, z, t), dim=1) @ embed
-
-    def forward(self, x, z, embed, t=None):
-        return self.estimate(self.image(x), z, embed, t)
 
 
 def posterior_step(s_prev: float, s: float, u_hat: torch.Tensor, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
