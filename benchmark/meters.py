@@ -18,6 +18,10 @@ the machine has (and can be overridden in config `measure.*`):
   NVML's device memory separately; on the CPU the process's peak RSS growth over the run.
 - FLOPs: the first training step of each phase and the first evaluation batch of each phase run
   under torch's FlopCounterMode; every later step and batch adds FLOPs-per-sample x its samples.
+- machine speed: a short fp32 matmul probe before and after each single or final run (never a
+  tuning trial), outside every other figure. One machine label (CPU model, threads) has run the
+  same code at half the speed on another day; the report compares the probes of a method's runs
+  and BP's before it sets their time or energy side by side (benchmark/report/numbers.py).
 - activation memory: the first training step of each phase also counts
   the bytes autograd holds for backward (saved-tensor hooks; peak of what is alive at once,
   parameters left out). It is device independent, so a block-local method's saving against BP
@@ -55,6 +59,38 @@ def time_source(device: torch.device) -> str:
     return "time.perf_counter"
 
 
+PROBE_SIZE = {"cpu": 256, "cuda": 2048}  # square matmul side: about 0.4 ms a product on a CPU core or an H100
+
+
+def speed_probe(device: torch.device, seconds: float) -> float:
+    """GFLOP/s of repeated fp32 square matmuls on `device` over `seconds` of wall time, with the
+    process's threads. All the wall time counts, not each product's best time: when the OS or the
+    hypervisor gives the core to other work, training slows and so does this (`python -m
+    benchmark.perf --only probe` sets it beside a BP epoch's slowdown). Probes scatter about 10 %
+    between processes on a quiet machine; under contention a short one reads low (one thread beside
+    two busy processes on 2 cores, a fair share of 0.67x: 0.44x at 0.1 s, 0.56x at 0.25 s, 0.61x at
+    0.5 s, medians of 12), hence the 0.25 s default: 0.5 s added to a run, outside its figures."""
+    n = PROBE_SIZE.get(device.type, PROBE_SIZE["cpu"])
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(3):  # warm-up: the first products pay for allocation and kernel choice
+        a @ b
+    sync(device)
+    products, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        sync(device)
+        products += 1
+    return 2 * n**3 * products / (time.perf_counter() - start) / 1e9
+
+
+def speed_figure(before: float, after: float, device: torch.device, seconds: float) -> dict:
+    """The record's `speed_probe`: the mean of the probes before and after the run."""
+    n = PROBE_SIZE.get(device.type, PROBE_SIZE["cpu"])
+    return figure((before + after) / 2, "GFLOP/s",
+                  f"fp32 {n}x{n} matmul probe on {device.type}, {seconds:g} s before and after the run, outside its "
+                  "time and energy; the run's threads", False, before=before, after=after)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -70,6 +106,7 @@ class MeasureConfig:
     nvml_interval_s: float = field(default=0.1, metadata={"gt": 0})
     rapl_root: str = field(default="/sys/class/powercap", metadata={})
     cooldown_s: float = field(default=0.0, metadata={"ge": 0})
+    speed_probe_s: float = field(default=0.25, metadata={"ge": 0})  # 0: no probe
     flops: bool = field(default=True, metadata={})
 
 

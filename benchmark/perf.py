@@ -1,6 +1,6 @@
 """Speed benchmark: `make perf` (all sections) or `make perf-overhead` (meters only).
 
-    python -m benchmark.perf [--only overhead|loop|energy|data|methods|reference|options] [--device auto|cpu|cuda]
+    python -m benchmark.perf [--only overhead|loop|energy|data|methods|reference|options|probe] [--device auto|cpu|cuda]
                              [--repeats 5] [--out results/perf.csv]
 
 Every comparison is a ratio measured side by side in this one process, interleaved (A, B, A, B...),
@@ -32,6 +32,11 @@ over several repeats; the table reports medians. Sections:
   against the same training with the option off: BP on the 2x1000 MLP and on the 3-block CNN, and
   local learning on the CNN. The method is built and compiled once; epochs are timed after a
   warm-up epoch, so compile time is reported separately, not mixed into the ratio.
+- probe: whether the speed probe every run records (benchmark/meters.py: speed_probe) follows the
+  machine's speed: the probe and a bare BP MLP epoch (a 10,000-image slice), quiet and then beside
+  one and two busy processes per core, each as its speed against the quiet one. The report trusts
+  a cost ratio between runs only where their probes agree; this says how well the probe tells.
+  A CPU question (busy processes take CPU time): skipped with --device cuda.
 
 --device: where the overhead, methods and options sections run (auto = CUDA when present). The
 data and reference sections are CPU questions (a DataLoader feeding a CPU model; the public
@@ -46,6 +51,7 @@ import csv
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,7 +61,7 @@ import torch.nn.functional as F
 
 from benchmark import archs, loop
 from benchmark.data import Splits, batches, load_splits
-from benchmark.meters import MeasureConfig, Meters
+from benchmark.meters import MeasureConfig, Meters, speed_probe
 from benchmark.perf_reference import REFERENCE_FF, reference_cafo_epoch, reference_ff_epoch
 
 ROWS: list[dict] = []
@@ -325,6 +331,44 @@ def section_data(repeats: int) -> None:
     emit("data", "DataLoader / tensors, per image", per_image, "x", "goal >= 2")
 
 
+def busy_processes(count: int) -> list[subprocess.Popen]:
+    """`count` Python processes spinning on a core each: other work taking the machine's time."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def section_probe(repeats: int) -> None:
+    if DEVICE.type != "cpu":
+        emit("probe", "skipped: a CPU question", math.nan, "", "run with --device cpu")
+        return
+    data, source = mnist_or_synthetic(10000)
+    epoch = bare_run(data, 1)
+    cores = os.cpu_count() or 1
+    speeds = {}
+    for per_core in (0, 1, 2):
+        spinning = busy_processes(per_core * cores)
+        try:
+            time.sleep(0.5 if spinning else 0)  # let the spinners start
+            epochs, probes = [], []
+            for _ in range(repeats):
+                epochs.append(epoch()[0])
+                probes.append(speed_probe(torch.device("cpu"), MeasureConfig().speed_probe_s))
+        finally:
+            for proc in spinning:
+                proc.kill()
+                proc.wait()
+        speeds[per_core] = (statistics.median(epochs), statistics.median(probes))
+    quiet_epoch, quiet_probe = speeds[0]
+    note = f"{torch.get_num_threads()} threads, {cores} cores; median of {repeats}; BP MLP 2x1000, {source} (10k)"
+    emit("probe", "quiet: BP epoch (s)", quiet_epoch, "s", note)
+    emit("probe", "quiet: speed probe (GFLOP/s)", quiet_probe, "GFLOP/s",
+         f"fp32 256x256 matmuls over {MeasureConfig().speed_probe_s:g} s, as runs record it")
+    for per_core in (1, 2):
+        busy_epoch, busy_probe = speeds[per_core]
+        emit("probe", f"{per_core} busy process(es) per core: BP speed vs quiet", quiet_epoch / busy_epoch, "x", note)
+        emit("probe", f"{per_core} busy process(es) per core: probe vs quiet", busy_probe / quiet_probe, "x",
+             "should follow the line above")
+
+
 def best_rate(kernel, flops: int, repeats: int = 5) -> float:
     """FLOP/s of one kernel call at its fastest of `repeats`, after a warm-up call."""
     kernel()
@@ -590,7 +634,7 @@ def resolved_device(parser: argparse.ArgumentParser, spec: str) -> torch.device:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("overhead", "loop", "energy", "data", "methods", "reference", "options"))
+    parser.add_argument("--only", choices=("overhead", "loop", "energy", "data", "methods", "reference", "options", "probe"))
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-train", type=int, default=10000, help="images for the methods and reference sections")
@@ -616,6 +660,7 @@ def main(argv=None) -> None:
         "methods": lambda: method_throughput(args.n_train, only=only, preset=args.arch),
         "reference": lambda: section_reference(args.n_train, args.epochs),
         "options": lambda: section_options(args.n_train, args.repeats),
+        "probe": lambda: section_probe(args.repeats),
     }
     for name, run in sections.items():
         if args.only in (None, name):

@@ -23,7 +23,9 @@ Every method, every trial, every final run writes the same record (schema versio
                      probes {layer: figure}, robustness {clean, noise {sigma: figure}, fgsm {eps:
                      figure}, attack}, seconds (see benchmark/diagnostics.py)
     data             name, sha256, canonical, canonical_basis, n_train/n_val/n_test, split seed, ...
-    environment      git sha, package versions, python, device, CPU and GPU model, hostname
+    environment      git sha, package versions, python, device, CPU and GPU model, hostname;
+                     speed_probe {value GFLOP/s, before, after, ...} for single and final runs
+                     (benchmark/meters.py: speed_probe; absent in records before 2026-12-07)
     started_at, finished_at   ISO 8601 UTC
 
 Writes are atomic: each record is one `write` of a whole line on a file opened O_APPEND, under an

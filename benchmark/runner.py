@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from benchmark import checkpoint, diagnostics, environment, loop, results
 from benchmark import data as data_mod
 from benchmark.config import Job, build_method, to_dict
-from benchmark.meters import Meters
+from benchmark.meters import Meters, speed_figure, speed_probe
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,10 @@ def execute(
     # (their alignment schedule is not saved).
     saver = checkpointer(job, seed, hp) if job.train.checkpoint_minutes > 0 and kind == "run" and not watch else None
     resume = saver.load() if saver is not None else None
+    # The machine's speed around a run whose costs are reported (not a trial's), before its meters
+    # start and after they stop, so the probe is in none of its figures.
+    probe_s = job.measure.speed_probe_s if kind != "trial" else 0
+    speed_before = speed_probe(job.device, probe_s) if probe_s else None
     try:
         method = build_method(job, data, hp) if resume is None else resume["method"]
         meters = Meters(job.measure, job.device)
@@ -194,6 +198,9 @@ def execute(
         metrics = outcome["metrics"]
         epoch_seconds = [h["seconds"] for h in metrics.get("history", [])]
         measurements = meters.summary(metrics.get("train_samples", 0), epoch_seconds)
+    environment_info = environment.describe(job.device)
+    if speed_before is not None:
+        environment_info["speed_probe"] = speed_figure(speed_before, speed_probe(job.device, probe_s), job.device, probe_s)
     diagnosed = None
     if alignment is not None and outcome["status"] == "completed":
         # After the summary: the end-of-training diagnostics are in no figure of the method's.
@@ -225,7 +232,7 @@ def execute(
         "measurements": measurements,
         "locality": {"kind": job.method_cls.locality.kind, "description": job.method_cls.locality.description},
         "data": data.info,
-        "environment": environment.describe(job.device),
+        "environment": environment_info,
         "started_at": started,
         "finished_at": now(),
     }

@@ -296,3 +296,58 @@ def test_codecarbon_warms_up_in_the_background_and_is_created_once(tmp_path):
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["created"] == ["codecarbon-warm-up"] and report["same"]
     assert report["emissions"] > 0
+
+
+def test_the_speed_probe_brackets_single_and_final_runs_outside_their_figures(job_factory, monkeypatch):
+    """The machine's speed is probed before a run's meters start and after they stop (so no time or
+    energy figure holds it), recorded with its unit and source, and never for tuning trials."""
+    from benchmark import runner
+
+    events = []
+
+    class Spy(runner.Meters):
+        def __init__(self, *args, **kwargs):
+            events.append("meters start")
+            super().__init__(*args, **kwargs)
+
+        def summary(self, *args, **kwargs):
+            out = super().summary(*args, **kwargs)
+            events.append("meters stop")
+            return out
+
+    real_probe = runner.speed_probe
+
+    def probe(device, seconds):
+        events.append("probe")
+        return real_probe(device, seconds)
+
+    monkeypatch.setattr(runner, "Meters", Spy)
+    monkeypatch.setattr(runner, "speed_probe", probe)
+    overrides = ("method=bp", "dataset=digits", "train.epochs=1", "measure.emissions=false")
+    job = job_factory(*overrides, "measure.speed_probe_s=0.05")
+    fig = runner.execute(job)["environment"]["speed_probe"]
+    assert events == ["probe", "meters start", "meters stop", "probe"]
+    assert fig["unit"] == "GFLOP/s" and fig["estimated"] is False and "matmul" in fig["source"]
+    assert fig["before"] > 0 and fig["after"] > 0
+    assert fig["value"] == pytest.approx((fig["before"] + fig["after"]) / 2)
+
+    events.clear()
+    trial = runner.execute(job, kind="trial", evaluate_test=False, write=False)
+    assert "speed_probe" not in trial["environment"] and "probe" not in events
+    off = runner.execute(job_factory(*overrides, "measure.speed_probe_s=0"), write=False)
+    assert "speed_probe" not in off["environment"] and "probe" not in events
+
+
+def test_the_speed_probe_counts_every_second_it_ran(monkeypatch):
+    """The probe divides the products done by all the wall time they took, so time the machine
+    gave to other work lowers it as it lowers training; here every product is made to take 10 ms
+    more: a 256-matmul (33.6 MFLOP) each ~10 ms is then at most ~3.4 GFLOP/s."""
+    real_matmul = torch.Tensor.__matmul__
+
+    def slow(a, b):
+        time.sleep(0.01)
+        return real_matmul(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", slow)
+    rate = meters.speed_probe(torch.device("cpu"), 0.1)
+    assert 0 < rate <= 2 * 256**3 / 0.01 / 1e9

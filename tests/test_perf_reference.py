@@ -4,6 +4,7 @@ learns, and that the perf table drops a comparison whose reference did not."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -183,3 +184,32 @@ def test_an_unwritable_out_is_refused_before_anything_is_measured(tmp_path, caps
     with pytest.raises(SystemExit) as stop:
         perf.main(["--out", str(blocker / "perf.csv")])
     assert stop.value.code == 2 and "its folder is not writable" in capsys.readouterr().err
+
+
+def test_the_probe_section_sets_the_probe_beside_bp_under_busy_processes(tmp_path, monkeypatch):
+    """`perf --only probe` reports the quiet BP epoch and probe, then each one's speed beside one and
+    two busy processes per core; the busy processes are gone afterwards."""
+    monkeypatch.setattr(perf, "mnist_or_synthetic", lambda n: (learnable_mnist_shaped(600, 200), "prototypes"))
+    started = []
+    real_busy = perf.busy_processes
+
+    def busy(count):
+        spinning = real_busy(count)
+        started.extend(spinning)
+        return spinning
+
+    monkeypatch.setattr(perf, "busy_processes", busy)
+    perf.main(["--only", "probe", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path / "perf.csv")])
+    rows = {r["item"]: r for r in perf.ROWS}
+    assert rows["quiet: BP epoch (s)"]["value"] > 0 and rows["quiet: speed probe (GFLOP/s)"]["value"] > 0
+    for per_core in (1, 2):
+        for what in ("BP speed", "probe"):
+            assert 0 < rows[f"{per_core} busy process(es) per core: {what} vs quiet"]["value"] < 10
+    assert len(started) == 3 * (os.cpu_count() or 1) and all(p.poll() is not None for p in started)
+
+
+def test_the_probe_section_is_a_cpu_question(monkeypatch):
+    monkeypatch.setattr(perf, "DEVICE", torch.device("cuda"))
+    perf.ROWS.clear()
+    perf.section_probe(1)
+    assert [r["item"] for r in perf.ROWS] == ["skipped: a CPU question"]

@@ -297,13 +297,17 @@ def test_the_cost_and_energy_figures_name_each_figures_source_in_their_captions(
     assert "time.perf_counter" in captions["cost_to_target"] and "NVML" in captions["cost_to_target"]
 
 
-def timed_runs(bp_day: str, ff_day: str) -> list[dict]:
-    """BP and FF with a training time and a peak memory, BP's runs started on bp_day, FF's on ff_day."""
+def timed_runs(bp_day: str, ff_day: str, bp_probe: float | None = None, ff_probe: float | None = None) -> list[dict]:
+    """BP and FF with a training time and a peak memory, BP's runs started on bp_day, FF's on ff_day,
+    each with the given speed probe (GFLOP/s; None: a record made before the probe)."""
     runs = []
-    for method, day, seconds in (("bp", bp_day, 10.0), ("ff", ff_day, 20.0)):
+    for method, day, seconds, probe in (("bp", bp_day, 10.0, bp_probe), ("ff", ff_day, 20.0, ff_probe)):
         for seed, acc in zip((1, 2, 3), (0.975, 0.976, 0.977)):
             run = final(method, seed, [0.95, 0.97, 0.975, 0.976, 0.976, 0.976], acc)
             run["started_at"] = f"{day}T10:0{seed}:00+00:00"
+            if probe is not None:
+                run.setdefault("environment", {})["speed_probe"] = {
+                    "value": probe + seed, "unit": "GFLOP/s", "source": "fp32 matmul probe", "estimated": False}
             run["measurements"].update({
                 "time_train": {"value": seconds, "unit": "s", "source": "time.perf_counter", "estimated": False},
                 "peak_memory": {"value": 2**20 * seconds, "unit": "B", "source": "process RSS", "estimated": False}})
@@ -326,3 +330,24 @@ def test_a_speed_ratio_against_bp_runs_of_another_day_only_is_marked():
     ff = numbers.summary_table(rows).set_index("method").loc["ff"]
     assert ff["Training time (s)"].endswith("(+100% vs BP)")
     assert numbers.glance_table(rows, numbers.significance_sentences(rows)).set_index("method").loc["ff", "time / BP"] == "2x"
+
+
+def test_where_runs_carry_speed_probes_the_probes_not_the_days_decide_the_mark():
+    """The probes measure the machine's speed around each run: probes 2x apart mark a ratio even
+    within one day, probes that agree leave it unmarked across days, and a side without probes
+    (older records) falls back to the days."""
+    def marks(*args):
+        rows = numbers.summarise(timed_runs(*args))
+        return numbers.summary_table(rows).set_index("method").loc["ff", "Training time (s)"]
+
+    assert marks("2026-12-07", "2026-12-07", 100.0, 50.0).endswith("(+100%‡ vs BP)")
+    assert marks("2026-12-06", "2026-12-07", 100.0, 90.0).endswith("(+100% vs BP)")
+    assert marks("2026-12-06", "2026-12-07", 100.0, None).endswith("(+100%‡ vs BP)")
+    assert marks("2026-12-07", "2026-12-07", None, 50.0).endswith("(+100% vs BP)")
+
+
+def test_provenance_gives_the_range_of_the_speed_probes_with_unit_and_source():
+    speeds = numbers.provenance(timed_runs("2026-12-07", "2026-12-07", 100.0, 50.0), None)["machine speed"]
+    assert "51-103 GFLOP/s over 6 runs (fp32 matmul probe)" in speeds
+    older = numbers.provenance(timed_runs("2026-12-07", "2026-12-07"), None)["machine speed"]
+    assert older.startswith("no speed probe in these records")

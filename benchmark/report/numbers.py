@@ -314,8 +314,9 @@ def baseline_for(rows: list[Row], row: Row) -> Row | None:
     return next((b for b in same if b.experiment == row.experiment), same[0] if same else None)
 
 
-SPEED_METRICS = {"time_train", "energy_train", "emissions"}  # scale with how fast the machine ran that day
-OTHER_DAY = "‡"  # marks a time, energy or emissions ratio against BP runs from another day only
+SPEED_METRICS = {"time_train", "energy_train", "emissions"}  # scale with how fast the machine ran
+OTHER_SPEED = "‡"  # marks a time, energy or emissions ratio against BP runs made at another machine speed
+SPEED_TOLERANCE = 0.25  # probes this far apart mark the ratio (one probe scatters ~10 % on a quiet machine)
 
 
 def run_days(row: Row) -> set[str]:
@@ -323,13 +324,27 @@ def run_days(row: Row) -> set[str]:
     return {str(run.get("started_at", ""))[:10] for run in row.runs} - {""}
 
 
-def days_apart(row: Row, base: Row) -> bool:
-    """True when a row and its BP baseline share no day. One machine label (CPU model, threads) can
-    run at very different speeds on different days (README: the same code's BP epoch took 25 s on
-    one day and 50 s on the next), so a time, energy or emissions ratio across days carries that
-    factor, not only the methods'. Memory and FLOPs do not."""
-    ours, theirs = run_days(row), run_days(base)
-    return bool(ours and theirs) and not (ours & theirs)
+def probed_speed(row: Row) -> float | None:
+    """The median of the row's runs' speed probes (GFLOP/s), or None when a run has none (records
+    made before the probe, or with measure.speed_probe_s=0)."""
+    speeds = [((run.get("environment") or {}).get("speed_probe") or {}).get("value") for run in row.runs]
+    if not speeds or any(v is None for v in speeds):
+        return None
+    return float(np.median(speeds))
+
+
+def speeds_apart(row: Row, base: Row) -> bool:
+    """True when a row's runs and its BP baseline's ran at different machine speeds. One machine
+    label (CPU model, threads) can run at very different speeds (README: the same code's BP epoch
+    took 25 s on one day and 50 s on the next), so a time, energy or emissions ratio then carries
+    that factor, not only the methods'. Memory and FLOPs do not. Where both sides' runs carry the
+    speed probe (benchmark/meters.py), their medians more than SPEED_TOLERANCE apart decide; for
+    older records, which have none, runs that share no day do."""
+    ours, theirs = probed_speed(row), probed_speed(base)
+    if ours is not None and theirs is not None:
+        return abs(ours / theirs - 1) > SPEED_TOLERANCE
+    ours_days, theirs_days = run_days(row), run_days(base)
+    return bool(ours_days and theirs_days) and not (ours_days & theirs_days)
 
 
 def relative(value: float, base: float) -> str:
@@ -621,6 +636,23 @@ def budget_summary(records: list[dict]) -> str:
     return f"Budget: {'; '.join(parts) or 'unknown'}; {stopping}. Compute: {compute}."
 
 
+def hardware_of(env: dict) -> str:
+    return f"{env.get('cpu_model')} / {env.get('device')} / {env.get('gpu_model') or 'no GPU'}"
+
+
+def machine_speeds(envs: list[dict]) -> str:
+    """Per hardware, the range of the runs' speed probes with its unit and source (the figure the ‡
+    mark compares; benchmark/meters.py: speed_probe)."""
+    probes = {}
+    for env in envs:
+        if (env.get("speed_probe") or {}).get("value") is not None:
+            probes.setdefault(hardware_of(env), []).append(env["speed_probe"])
+    if not probes:
+        return "no speed probe in these records (made before 2026-12-07, or with measure.speed_probe_s=0)"
+    return "; ".join(f"{hw}: {min(p['value'] for p in figs):.0f}-{max(p['value'] for p in figs):.0f} "
+                     f"{figs[0]['unit']} over {len(figs)} runs ({figs[0]['source']})" for hw, figs in sorted(probes.items()))
+
+
 def provenance(records: list[dict], storage: str | None) -> dict:
     envs = [r.get("environment", {}) for r in records]
     first = envs[0] if envs else {}
@@ -636,7 +668,8 @@ def provenance(records: list[dict], storage: str | None) -> dict:
         entry["splits"] = ", ".join(sorted(entry["splits"]))
     budgets = {repr(r.get("budget")) for r in records if r.get("budget")}
     return {
-        "hardware": sorted({f"{e.get('cpu_model')} / {e.get('device')} / {e.get('gpu_model') or 'no GPU'}" for e in envs}),
+        "hardware": sorted({hardware_of(e) for e in envs}),
+        "machine speed": machine_speeds(envs),
         "packages": first.get("packages", {}),
         "python": first.get("python"),
         "git_sha": sorted({e.get("git_sha") or "unknown" for e in envs}),
@@ -770,8 +803,8 @@ def summary_table(rows: list[Row]) -> pd.DataFrame:
             if key in r.values:
                 value, est, _src = r.values[key]
                 rel = relative(value, base.values.get(key, (None,))[0]) if base and r.method != BASELINE else ""
-                if rel and key in SPEED_METRICS and days_apart(r, base):
-                    rel += OTHER_DAY
+                if rel and key in SPEED_METRICS and speeds_apart(r, base):
+                    rel += OTHER_SPEED
                 entry[f"{label} ({unit})"] = fmt_cost(value) + ("†" if est else "") + (f" ({rel} vs BP)" if rel else "")
             else:
                 entry[f"{label} ({unit})"] = "–"
@@ -850,7 +883,7 @@ def glance_table(rows: list[Row], significance: list[dict]) -> pd.DataFrame:
         if sig is None or base is None:
             continue
         entry = {"method": row.method, "cell": f"{row.dataset}/{row.arch}"}
-        other_day = OTHER_DAY if days_apart(row, base) else ""
+        other_speed = OTHER_SPEED if speeds_apart(row, base) else ""
         if several:
             entry["experiment @ machine"] = f"{row.experiment} @ {row.machine}"
         if sig["unstable"]:
@@ -865,8 +898,8 @@ def glance_table(rows: list[Row], significance: list[dict]) -> pd.DataFrame:
             "test acc vs BP (pp)": f"{sig['diff_pp']:+.2f}",
             "verdict": sig["verdict"],
             "how sure": sure,
-            "time / BP": marked(ratio(row.values.get("time_train", (None,))[0], base.values.get("time_train", (None,))[0]), other_day),
-            "energy / BP": marked(ratio(row.values.get("energy_train", (None,))[0], base.values.get("energy_train", (None,))[0]), other_day),
+            "time / BP": marked(ratio(row.values.get("time_train", (None,))[0], base.values.get("time_train", (None,))[0]), other_speed),
+            "energy / BP": marked(ratio(row.values.get("energy_train", (None,))[0], base.values.get("energy_train", (None,))[0]), other_speed),
             "peak memory / BP": ratio(row.values.get("peak_memory", (None,))[0], base.values.get("peak_memory", (None,))[0]),
         })
         table.append(entry)

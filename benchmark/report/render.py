@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.report.numbers import reproduction_display
+from benchmark.report.numbers import SPEED_TOLERANCE, reproduction_display
 from benchmark.results import UNSTABLE_RISE
 
 def method_notes(methods_seen: list[str]) -> list[dict]:
@@ -62,8 +62,10 @@ HOW_TO_READ = [
     "three consecutive epochs): no claim is made either way.",
     "Cost ratios divide a method's mean by BP's on the same machine: 0.5x is half of BP's cost. Energy marked † "
     "is an estimate (CodeCarbon), not a measurement; the Sources table names where every figure came from. A time, "
-    "energy or emissions ratio marked ‡ compares with BP runs from another day only: one machine can run at a "
-    "different speed from one day to the next, so that ratio carries the machine's change too.",
+    "energy or emissions ratio marked ‡ compares with BP runs made while the machine ran at another speed: their "
+    f"speed probes (an fp32 matmul before and after each run) differ by more than {SPEED_TOLERANCE:.0%}, or, in records without a "
+    "probe, the runs share no day. One machine can run the same code at another speed from one day to the next, "
+    "so that ratio carries the machine's change too.",
 ]
 
 
@@ -136,7 +138,8 @@ def render_html(ctx: dict) -> str:
     parts.append("<h2>Summary</h2><p class='note'>Test accuracy: mean over the final seeds with the half-width of its 95% "
                  "confidence interval (Student t). Costs: mean over the same runs; relative figures compare with BP on the "
                  "same dataset and architecture. † marks an estimate (see Sources); ‡ a time, energy or emissions ratio "
-                 "against BP runs from another day only (the machine's speed may have changed).</p>")
+                 f"against BP runs made at another machine speed (speed probes more than {SPEED_TOLERANCE:.0%} apart, or, without probes, "
+                 "no shared day).</p>")
     parts.append(table_html(ctx["summary"]))
     parts.append("<h2>Significance against BP</h2><p class='note'>Test: Welch's t-test (scipy.stats.ttest_ind, "
                  "equal_var=False) on the final seeds' test accuracies, two-sided, 5% level, after the Holm-Bonferroni "
@@ -187,7 +190,7 @@ def render_html(ctx: dict) -> str:
         parts.append(f"<h3>{e(note['method'])} (locality: {e(note['locality'])})</h3><pre>{e(note['doc'])}</pre>")
     p = ctx["provenance"]
     parts.append("<h2>Provenance</h2><table>")
-    for key in ("hardware", "python", "git_sha", "budget", "seeds", "dates", "storage", "dashboard", "n_records"):
+    for key in ("hardware", "machine speed", "python", "git_sha", "budget", "seeds", "dates", "storage", "dashboard", "n_records"):
         parts.append(f"<tr><th>{e(key)}</th><td>{e(str(p[key]))}</td></tr>")
     parts.append(f"<tr><th>packages</th><td>{e(', '.join(f'{k} {v}' for k, v in p['packages'].items()))}</td></tr>")
     for name, fp in p["fingerprints"].items():
