@@ -59,7 +59,9 @@ def time_source(device: torch.device) -> str:
     return "time.perf_counter"
 
 
-PROBE_SIZE = {"cpu": 256, "cuda": 2048}  # square matmul side: about 0.4 ms a product on a CPU core or an H100
+# Square matmul side: about 0.4 ms a product on one of this project's CPU cores; on a GPU, 2048
+# keeps a product well under a millisecond (estimated from the H200's measured GEMM peak, not timed)
+PROBE_SIZE = {"cpu": 256, "cuda": 2048}
 
 
 def speed_probe(device: torch.device, seconds: float) -> float:
