@@ -64,15 +64,20 @@ def time_source(device: torch.device) -> str:
 PROBE_SIZE = {"cpu": 256, "cuda": 2048}
 
 
+def probe_side(device: torch.device) -> int:
+    return PROBE_SIZE.get(device.type, PROBE_SIZE["cpu"])
+
+
 def speed_probe(device: torch.device, seconds: float) -> float:
     """GFLOP/s of repeated fp32 square matmuls on `device` over `seconds` of wall time, with the
     process's threads. All the wall time counts, not each product's best time: when the OS or the
     hypervisor gives the core to other work, training slows and so does this (`python -m
     benchmark.perf --only probe` sets it beside a BP epoch's slowdown). Probes scatter about 10 %
     between processes on a quiet machine; under contention a short one reads low (one thread beside
-    two busy processes on 2 cores, a fair share of 0.67x: 0.44x at 0.1 s, 0.56x at 0.25 s, 0.61x at
-    0.5 s, medians of 12), hence the 0.25 s default: 0.5 s added to a run, outside its figures."""
-    n = PROBE_SIZE.get(device.type, PROBE_SIZE["cpu"])
+    two busy processes on 2 cores, a fair share of 0.67x: medians of 12 read 40, 50 and 55 GFLOP/s
+    at 0.1, 0.25 and 0.5 s, against about 90 quiet), hence the 0.25 s default: 0.5 s added to a
+    run, outside its figures."""
+    n = probe_side(device)
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     for _ in range(3):  # warm-up: the first products pay for allocation and kernel choice
         a @ b
@@ -87,7 +92,7 @@ def speed_probe(device: torch.device, seconds: float) -> float:
 
 def speed_figure(before: float, after: float, device: torch.device, seconds: float) -> dict:
     """The record's `speed_probe`: the mean of the probes before and after the run."""
-    n = PROBE_SIZE.get(device.type, PROBE_SIZE["cpu"])
+    n = probe_side(device)
     return figure((before + after) / 2, "GFLOP/s",
                   f"fp32 {n}x{n} matmul probe on {device.type}, {seconds:g} s before and after the run, outside its "
                   "time and energy; the run's threads", False, before=before, after=after)

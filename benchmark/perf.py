@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from benchmark import archs, loop
 from benchmark.data import Splits, batches, load_splits
-from benchmark.meters import MeasureConfig, Meters, speed_probe
+from benchmark.meters import MeasureConfig, Meters, probe_side, speed_probe
 from benchmark.perf_reference import REFERENCE_FF, reference_cafo_epoch, reference_ff_epoch
 
 ROWS: list[dict] = []
@@ -342,6 +342,7 @@ def section_probe(repeats: int) -> None:
         return
     data, source = mnist_or_synthetic(10000)
     epoch = bare_run(data, 1)
+    cpu, seconds = torch.device("cpu"), MeasureConfig().speed_probe_s  # as runs probe
     cores = os.cpu_count() or 1
     speeds = {}
     for per_core in (0, 1, 2):
@@ -351,7 +352,7 @@ def section_probe(repeats: int) -> None:
             epochs, probes = [], []
             for _ in range(repeats):
                 epochs.append(epoch()[0])
-                probes.append(speed_probe(torch.device("cpu"), MeasureConfig().speed_probe_s))
+                probes.append(speed_probe(cpu, seconds))
         finally:
             for proc in spinning:
                 proc.kill()
@@ -361,7 +362,7 @@ def section_probe(repeats: int) -> None:
     note = f"{torch.get_num_threads()} threads, {cores} cores; median of {repeats}; BP MLP 2x1000, {source} (10k)"
     emit("probe", "quiet: BP epoch (s)", quiet_epoch, "s", note)
     emit("probe", "quiet: speed probe (GFLOP/s)", quiet_probe, "GFLOP/s",
-         f"fp32 256x256 matmuls over {MeasureConfig().speed_probe_s:g} s, as runs record it")
+         f"fp32 {probe_side(cpu)}x{probe_side(cpu)} matmuls over {seconds:g} s, as runs record it")
     for per_core in (1, 2):
         busy_epoch, busy_probe = speeds[per_core]
         emit("probe", f"{per_core} busy process(es) per core: BP speed vs quiet", quiet_epoch / busy_epoch, "x", note)
