@@ -1,7 +1,7 @@
 """Speed benchmark: `make perf` (all sections) or `make perf-overhead` (meters only).
 
-    python -m benchmark.perf [--only overhead|loop|energy|data|methods|reference|options|probe] [--device auto|cpu|cuda]
-                             [--repeats 5] [--out results/perf.csv]
+    python -m benchmark.perf [--only overhead|loop|energy|data|methods|reference|options|probe|startup]
+                             [--device auto|cpu|cuda] [--repeats 5] [--python PATH,...] [--out results/perf.csv]
 
 Every comparison is a ratio measured side by side in this one process, interleaved (A, B, A, B...),
 over several repeats; the table reports medians. Sections:
@@ -37,6 +37,12 @@ over several repeats; the table reports medians. Sections:
   one and two busy processes per core, each as its speed against the quiet one. The report trusts
   a cost ratio between runs only where their probes agree; this says how well the probe tells.
   A CPU question (busy processes take CPU time): skipped with --device cuda.
+- startup: issue 18's single run (`python -m benchmark method=bp dataset=digits train.epochs=1`)
+  and the floor under it (`import torch` and one Adam step, which imports torch._dynamo), each as a
+  fresh process: its wall time and its peak RSS (the kernel's count for that child, as
+  `/usr/bin/time` reads it). `--python` names further interpreters to time beside this one,
+  interleaved, e.g. a venv with PyTorch's CPU-only build: each row is labelled by the torch build
+  the interpreter imports. Goals: < 3 s and < 500 MB.
 
 --device: where the overhead, methods and options sections run (auto = CUDA when present). The
 data and reference sections are CPU questions (a DataLoader feeding a CPU model; the public
@@ -370,6 +376,72 @@ def section_probe(repeats: int) -> None:
              "should follow the line above")
 
 
+STARTUP_RUN = ("-m", "benchmark", "method=bp", "dataset=digits", "train.epochs=1")  # issue 18's single run
+# The floor of any PyTorch training run: the import, and the first optimiser step, which imports
+# torch._dynamo (most of the floor's time and memory after the import itself).
+TORCH_FLOOR = ("-c", "import torch; p = torch.zeros(1, requires_grad=True); p.sum().backward(); "
+                     "torch.optim.Adam([p]).step()")
+REPO_ROOT = Path(__file__).resolve().parents[1]  # `-m benchmark` from here works for any interpreter
+
+
+# Started in a small Python process of its own, the command's peak RSS is its own: a process spawned
+# straight from this one (torch imported, hundreds of MB) would inherit this one's high-water mark,
+# which Linux carries across the exec into the child's count.
+LAUNCHER = ("import os, subprocess, sys, time; start = time.perf_counter(); "
+            "child = subprocess.Popen(sys.argv[1:]); _, status, usage = os.wait4(child.pid, 0); "
+            "print('\\nstartup-cost', time.perf_counter() - start, os.waitstatus_to_exitcode(status), "
+            "usage.ru_maxrss, flush=True)")
+
+
+def child_cost(command: list[str], cwd: Path = REPO_ROOT) -> tuple[float, float]:
+    """Wall seconds and peak RSS in MiB of one fresh process running `command`, from the kernel's
+    resource usage of that process alone (`os.wait4`, as `/usr/bin/time` reads it). A failed
+    command is an error with the tail of its output, not a figure."""
+    found = subprocess.run([sys.executable, "-c", LAUNCHER, *command], cwd=cwd, capture_output=True, text=True)
+    lines = found.stdout.strip().splitlines()
+    if found.returncode != 0 or not lines or not lines[-1].startswith("startup-cost "):
+        raise RuntimeError(f"the launcher of {' '.join(command)} failed: {found.stderr.strip().splitlines()[-1:]}")
+    _, wall, code, max_rss = lines[-1].split()
+    if int(code) != 0:
+        tail = (found.stderr.strip() or "\n".join(lines[:-1])).splitlines()[-1:]
+        raise RuntimeError(f"{' '.join(command)} exited {code}: {' '.join(tail)}")
+    rss_bytes = int(max_rss) * (1 if sys.platform == "darwin" else 1024)  # macOS counts bytes, Linux KiB
+    return float(wall), rss_bytes / 2**20
+
+
+def torch_build(python: str) -> str:
+    """The torch version an interpreter imports (e.g. 2.14.1+cu130, 2.13.0+cpu): what its start-up
+    rows are labelled by."""
+    found = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    if found.returncode != 0:
+        raise RuntimeError(f"{python} cannot import torch: {found.stderr.strip().splitlines()[-1:]}")
+    return found.stdout.strip()
+
+
+def section_startup(repeats: int, pythons: list[str]) -> None:
+    if not hasattr(os, "wait4"):
+        emit("startup", "skipped: needs os.wait4 (Linux, macOS)", math.nan, "", "")
+        return
+    import tempfile
+
+    labels = {python: torch_build(python) for python in pythons}
+    costs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for _ in range(repeats):  # interleaved: every interpreter's floor and run in each round
+        for python in pythons:
+            costs.setdefault((python, "floor"), []).append(child_cost([python, *TORCH_FLOOR]))
+            with tempfile.TemporaryDirectory() as results:  # fresh, so resume finds nothing to skip
+                costs.setdefault((python, "run"), []).append(
+                    child_cost([python, *STARTUP_RUN, f"results_dir={results}"]))
+    what = {"floor": "import torch + one Adam step", "run": "single run (bp, digits, 1 epoch)"}
+    for (python, kind), samples in costs.items():
+        label, note = f"{labels[python]}: {what[kind]}", f"median of {repeats}; {python}"
+        goal = "; goal < 3 s" if kind == "run" else "; the floor of any PyTorch run"
+        emit("startup", f"{label}, wall", statistics.median(s[0] for s in samples), "s", note + goal)
+        goal = "; goal < 500 MB (477 MiB)" if kind == "run" else "; the floor of any PyTorch run"
+        emit("startup", f"{label}, peak RSS", statistics.median(s[1] for s in samples), "MiB",
+             note + ", the kernel's count for the child" + goal)
+
+
 def best_rate(kernel, flops: int, repeats: int = 5) -> float:
     """FLOP/s of one kernel call at its fastest of `repeats`, after a warm-up call."""
     kernel()
@@ -615,6 +687,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         presets = [name for name in config.group_options("arch") if name != "native"]
         if args.arch not in presets:
             parser.error(f"unknown --arch {args.arch}; choose a configs/arch/ preset: {', '.join(presets)}")
+    for python in args.python:
+        if not os.access(python, os.X_OK):
+            parser.error(f"--python {python}: not an executable file; give a Python interpreter's path")
     try:
         check_writable(Path(args.out).parent)
     except UserError:
@@ -635,7 +710,8 @@ def resolved_device(parser: argparse.ArgumentParser, spec: str) -> torch.device:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("overhead", "loop", "energy", "data", "methods", "reference", "options", "probe"))
+    parser.add_argument("--only", choices=("overhead", "loop", "energy", "data", "methods", "reference", "options", "probe",
+                                           "startup"))
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-train", type=int, default=10000, help="images for the methods and reference sections")
@@ -646,8 +722,12 @@ def main(argv=None) -> None:
                         help="comma-separated methods for the methods section (default: every registered one)")
     parser.add_argument("--arch", default=None,
                         help="methods section: every method on this configs/arch/ preset (default: each method's first)")
+    parser.add_argument("--python", default="",
+                        help="startup section: further interpreters to time beside this one, comma-separated "
+                             "(e.g. a venv with PyTorch's CPU-only build)")
     parser.add_argument("--out", default="results/perf.csv")
     args = parser.parse_args(argv)
+    args.python = [sys.executable, *(path.strip() for path in args.python.split(",") if path.strip())]
     only = check_arguments(parser, args)
     global DEVICE
     DEVICE = resolved_device(parser, args.device)
@@ -662,6 +742,7 @@ def main(argv=None) -> None:
         "reference": lambda: section_reference(args.n_train, args.epochs),
         "options": lambda: section_options(args.n_train, args.repeats),
         "probe": lambda: section_probe(args.repeats),
+        "startup": lambda: section_startup(args.repeats, args.python),
     }
     for name, run in sections.items():
         if args.only in (None, name):
