@@ -12,8 +12,8 @@ TEST_WORKERS ?= auto
 WORKERS     ?= 1
 # where pip finds torch: empty is PyPI's default build (CUDA-enabled on Linux); on a laptop without
 # an NVIDIA GPU, TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the CPU-only build of the
-# same versions, a far smaller download that loads no CUDA libraries (not measured here: this
-# project's machines install from a local mirror of the default build)
+# same versions, a far smaller download that loads no CUDA libraries: a single run's peak memory
+# about halves (README, Speed: `python -m benchmark.perf --only startup --python ...`)
 TORCH_INDEX ?=
 
 .DEFAULT_GOAL := help
