@@ -433,13 +433,13 @@ def section_startup(repeats: int, pythons: list[str]) -> None:
                 costs.setdefault((python, "run"), []).append(
                     child_cost([python, *STARTUP_RUN, f"results_dir={results}"]))
     what = {"floor": "import torch + one Adam step", "run": "single run (bp, digits, 1 epoch)"}
+    goals = {"floor": ("the floor of any PyTorch run",) * 2, "run": ("goal < 3 s", "goal < 500 MB (477 MiB)")}
     for (python, kind), samples in costs.items():
         label, note = f"{labels[python]}: {what[kind]}", f"median of {repeats}; {python}"
-        goal = "; goal < 3 s" if kind == "run" else "; the floor of any PyTorch run"
-        emit("startup", f"{label}, wall", statistics.median(s[0] for s in samples), "s", note + goal)
-        goal = "; goal < 500 MB (477 MiB)" if kind == "run" else "; the floor of any PyTorch run"
+        wall_goal, rss_goal = goals[kind]
+        emit("startup", f"{label}, wall", statistics.median(s[0] for s in samples), "s", f"{note}; {wall_goal}")
         emit("startup", f"{label}, peak RSS", statistics.median(s[1] for s in samples), "MiB",
-             note + ", the kernel's count for the child" + goal)
+             f"{note}, the kernel's count for the child; {rss_goal}")
 
 
 def best_rate(kernel, flops: int, repeats: int = 5) -> float:
