@@ -79,6 +79,47 @@ def test_command_line_merges_folders(tmp_path):
     assert set(summary["experiment"]) == {"a", "b"}  # same machine, two experiments: not pooled
 
 
+def test_a_records_file_renders_as_a_folder_does(tmp_path):
+    # Sensitivity records are kept as single .jsonl files (plain or gzipped) beside the published
+    # reproduction; the report reads them with the same figures as the folder they came from.
+    import gzip
+
+    records = cell(CPU, "a", 100.0, 50.0, mf_accs=(0.971, 0.973, 0.975))
+    write(tmp_path / "a", records)
+    plain = tmp_path / "sensitivity_a.jsonl"
+    plain.write_text((tmp_path / "a" / "runs.jsonl").read_text())
+    zipped = tmp_path / "zipped" / "sensitivity_b.jsonl.gz"
+    zipped.parent.mkdir()
+    zipped.write_bytes(gzip.compress((tmp_path / "a" / "runs.jsonl").read_bytes()))
+    tables = {}
+    for name, source in (("folder", tmp_path / "a"), ("plain", plain), ("zipped", zipped)):
+        report.main([str(source), "--out", str(tmp_path / name), "--no-pdf"])
+        tables[name] = pd.read_csv(tmp_path / name / "summary.csv")
+    pd.testing.assert_frame_equal(tables["plain"], tables["folder"])
+    pd.testing.assert_frame_equal(tables["zipped"], tables["folder"])
+    mf = tables["plain"][tables["plain"]["method"] == "mf"]
+    assert len(mf) == 1 and mf.iloc[0]["test acc (%)"] == pytest.approx(97.30)  # the three seeds' mean
+
+
+def test_a_records_file_without_an_experiment_is_named_after_the_file(tmp_path):
+    records = [{k: v for k, v in r.items() if k != "experiment"} for r in cell(CPU, "a", 100.0, 50.0)]
+    source = tmp_path / "ct_100_epochs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    report.main([str(source), "--out", str(tmp_path / "out"), "--no-pdf"])
+    assert "<h1>bpfree-bench report: ct_100_epochs</h1>" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_a_file_that_is_not_records_is_one_clear_error(tmp_path, capsys):
+    other = tmp_path / "notes.txt"
+    other.write_text("not records")
+    with pytest.raises(SystemExit) as stop:
+        report.main([str(other), "--no-pdf", "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "notes.txt is not a results folder or a records file" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_missing_folder_is_one_clear_error(tmp_path, capsys):
     write(tmp_path / "a", cell(CPU, "a", 100.0, 50.0))
     with pytest.raises(SystemExit) as stop:

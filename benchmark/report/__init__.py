@@ -1,5 +1,8 @@
 """Comparison reports: `python -m benchmark.report results/<experiment> [more folders] [--out DIR]`.
 
+A source may also be a records file (`.jsonl`, or `.jsonl.gz`): the sensitivity runs kept beside
+the published reproduction (docs/reproduction/sensitivity/) render the same way.
+
 Several results folders (two experiments, or a CPU run and a GPU run) merge into one report: each
 figure keeps the experiment and the machine it came from, and ratios (against BP, in the profiles)
 are taken only between runs on the same machine.
@@ -60,26 +63,37 @@ def published_figures() -> list[dict]:
     return OmegaConf.to_container(OmegaConf.load(path))["figures"] if path.exists() else []
 
 
+def records_file(source: Path) -> Path:
+    """The runs.jsonl a report source names: a results folder's, or a records file itself (a
+    .jsonl, or its .jsonl.gz), such as the sensitivity records kept beside a reproduction."""
+    if source.is_dir():
+        return source / "runs.jsonl"
+    if source.is_file() and source.name.endswith((".jsonl", ".jsonl.gz")):
+        return source.with_name(source.name.removesuffix(".gz"))
+    raise UserError(f"{source} is not a results folder or a records file",
+                    "pass folders that hold a runs.jsonl (e.g. results/smoke) or .jsonl files of records")
+
+
 def read_folders(run_dirs: list[Path]) -> list[dict]:
-    """Every record of every folder (its runs.jsonl, or runs.jsonl.gz), each folder's runs marked
-    with the experiment they belong to."""
+    """Every record of every source (a folder's runs.jsonl and runs.jsonl.gz, or a records file),
+    each source's runs marked with the experiment they belong to (the folder's or file's name where
+    a record names none)."""
     records = []
     for run_dir in run_dirs:
-        if not run_dir.is_dir():
-            raise UserError(f"{run_dir} is not a results folder", "pass folders that hold a runs.jsonl, e.g. results/smoke")
-        found = results.read_records(run_dir / "runs.jsonl")
+        path = records_file(run_dir)
+        found = results.read_records(path)
         if not found:
-            raise UserError(f"no runs recorded in {run_dir / 'runs.jsonl'}", "run an experiment first (make bench)")
+            raise UserError(f"no runs recorded in {path}", "run an experiment first (make bench)")
         for r in found:
-            r.setdefault("experiment", run_dir.name)
+            r.setdefault("experiment", run_dir.name if run_dir.is_dir() else path.name.removesuffix(".jsonl"))
         records += found
     return records
 
 
 def build(run_dir: str | Path | list, out: str | Path | None = None, references: list[dict] | None = None,
           target_fraction: float = TARGET_FRACTION, pdf: bool = True, all_figures: bool = False) -> Path:
-    """Render the report of the experiment(s) in `run_dir` (a folder holding runs.jsonl, or a list
-    of such folders to merge). The reproduction table holds the published figures of the cells
+    """Render the report of the experiment(s) in `run_dir` (a folder holding runs.jsonl, a records
+    file, or a list of them to merge). The reproduction table holds the published figures of the cells
     run; with `all_figures`, every published figure, those without runs marked "not run" (the
     published reproduction: a reader sees what has not been reproduced, not only what has)."""
     if not 0 < target_fraction <= 1:
@@ -119,7 +133,7 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
     learning_figures = Figures(out)
     plot_alignment(runs, learning_figures)
     plot_probes(learning["probes"], learning_figures)
-    storage = recorded_storage(run_dirs[0], records)
+    storage = recorded_storage(records_file(run_dirs[0]).parent, records)
     studies = sorted({(r.get("trial") or {}).get("study") for r in records} - {None})
     optuna_notes = plot_optuna(storage, studies, figs)
     summary = summary_table(rows)
@@ -161,8 +175,8 @@ def build(run_dir: str | Path | list, out: str | Path | None = None, references:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", nargs="+", help="the experiment's results folder (holding runs.jsonl); "
-                        "several folders merge into one report")
+    parser.add_argument("run_dir", nargs="+", help="the experiment's results folder (holding runs.jsonl), or a "
+                        "records file (.jsonl or .jsonl.gz); several merge into one report")
     parser.add_argument("--out", help="output folder (default reports/<experiment>)")
     parser.add_argument("--target-fraction", type=float, default=TARGET_FRACTION)
     parser.add_argument("--no-pdf", action="store_true")
