@@ -84,8 +84,9 @@ def read_folders(run_dirs: list[Path]) -> list[dict]:
         found = results.read_records(path)
         if not found:
             raise UserError(f"no runs recorded in {path}", "run an experiment first (make bench)")
+        name = run_dir.name if run_dir.is_dir() else path.stem  # results/<experiment>, or <name>.jsonl
         for r in found:
-            r.setdefault("experiment", run_dir.name if run_dir.is_dir() else path.name.removesuffix(".jsonl"))
+            r.setdefault("experiment", name)
         records += found
     return records
 
